@@ -1,0 +1,1 @@
+"""Client SDK, CLI and the wire/record schemas shared by every part of contrail."""

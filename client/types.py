@@ -1,0 +1,188 @@
+"""Wire and record schemas shared by the client, the service and the workers.
+
+This module imports nothing heavier than pydantic, so the SDK, the API and the workers agree on
+one definition of every record without pulling torch or vLLM into the client.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = "1"
+
+# Stop strings of the few-shot format: a blank line ends a demonstration, "\nQ:" starts the next.
+DEFAULT_STOP: tuple[str, ...] = ("\n\n", "\nQ:")
+
+
+class TaskName(StrEnum):
+    """Task families of METHOD.md section 1, plus a user-defined generic task."""
+
+    CSQA = "csqa"
+    STRATEGYQA = "strategyqa"
+    CREAK = "creak"
+    QASC = "qasc"
+    GENERIC = "generic"
+
+
+class DecodingMode(StrEnum):
+    GREEDY = "greedy"
+    CONTRASTIVE = "contrastive"
+
+
+class Perturbation(StrEnum):
+    """How the contrast context C- perturbs the answer slot."""
+
+    WRONG = "wrong"
+    EMPTY = "empty"
+
+
+class Tag(StrEnum):
+    FACTUAL = "factual"
+    COUNTERFACTUAL = "counterfactual"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # EOS, a stop string, or the paper's rule (plain C+ argmax would stop)
+    LENGTH = "length"  # max_new_tokens reached
+    ERROR = "error"  # per-item failure; see the error message
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Demonstration(_Strict):
+    """One few-shot example with its human-written rationale."""
+
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    choices: list[str] | None = None
+    rationale: str = Field(min_length=1)
+
+
+class Item(_Strict):
+    """One (question, answer) pair to rationalise, in the task-independent form.
+
+    Every task loader turns its native format into Items; the generic JSONL format *is* this model.
+    """
+
+    id: str = Field(min_length=1, max_length=256, description="Caller's id, unique in a job.")
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1, description="The gold answer to write a rationale for.")
+    choices: list[str] | None = Field(
+        default=None, description="Answer options; the answer must be one of them."
+    )
+    wrong_answers: list[str] | None = Field(
+        default=None,
+        description="Wrong answers for free-form items (no choices), used by the 'wrong' "
+        "perturbation and counterfactuals.",
+    )
+    rationale: str | None = Field(
+        default=None, description="A human rationale, if known (used only as demonstration)."
+    )
+
+    @field_validator("choices")
+    @classmethod
+    def _choices_distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if len(v) < 2:
+            raise ValueError("choices needs at least 2 options")
+        if any(not c.strip() for c in v):
+            raise ValueError("choices must not contain empty options")
+        if len(set(v)) != len(v):
+            raise ValueError("choices must be distinct")
+        return v
+
+    @model_validator(mode="after")
+    def _answer_in_choices(self) -> Item:
+        if self.choices is not None and self.answer not in self.choices:
+            raise ValueError(f"answer {self.answer!r} is not among the choices {self.choices!r}")
+        return self
+
+
+class DecodingSettings(_Strict):
+    """How rationales are decoded. Defaults follow METHOD.md (lambda 0.5, alpha 0, 128 tokens)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    mode: DecodingMode = DecodingMode.CONTRASTIVE
+    perturbation: Perturbation = Perturbation.WRONG
+    lam: Annotated[float, Field(ge=0.0, lt=1.0, alias="lambda")] = 0.5
+    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    temperature: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    max_new_tokens: Annotated[int, Field(ge=1, le=2048)] = 128
+    stop: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
+        default_factory=lambda: list(DEFAULT_STOP), max_length=8
+    )
+    counterfactual_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    num_demonstrations: Annotated[int, Field(ge=0, le=16)] = 6
+    seed: int = 0
+
+
+class RecordDecoding(_Strict):
+    """The decoding settings that produced one record."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    mode: DecodingMode
+    perturbation: Perturbation | None
+    contrast_answer: str | None = Field(
+        description="The answer slot of C- ('' for the empty perturbation; null for greedy)."
+    )
+    lam: float | None = Field(default=None, alias="lambda")
+    alpha: float | None = None
+    temperature: float
+    max_new_tokens: int
+    seed: int
+
+
+class RationaleRecord(_Strict):
+    """One output record: one rationale for one (question, answer) pair."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    item_id: str
+    task: TaskName
+    question: str
+    choices: list[str] | None
+    gold_answer: str
+    answer: str = Field(description="The answer this rationale was written for.")
+    tag: Tag
+    rationale: str
+    decoding: RecordDecoding
+    model: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    continuations: int = Field(
+        default=0, description="How often the pair was re-continued after losing lockstep."
+    )
+    error: str | None = None
+
+
+class ItemError(_Strict):
+    """Why one input line or item could not be rationalised."""
+
+    item_id: str | None = None
+    line: int | None = Field(default=None, description="1-based input line, when known.")
+    field: str | None = None
+    code: str
+    message: str
+
+
+ErrorCode = Literal[
+    "invalid_json",
+    "invalid_item",
+    "unknown_task",
+    "answer_not_in_choices",
+    "duplicate_id",
+    "prompt_too_long",
+    "lockstep_exhausted",
+    "empty_input",
+    "not_utf8",
+    "engine_error",
+]

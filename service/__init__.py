@@ -1,0 +1,1 @@
+"""The API service: FastAPI app, Redis queue producer, object-storage access."""

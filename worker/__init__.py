@@ -1,0 +1,1 @@
+"""GPU/CPU workers: task formats, prompts, decoding engines and the queue consumer."""

@@ -1,0 +1,1 @@
+"""Decoding engines: the vLLM pair engine (production) and the torch reference engine (oracle)."""

@@ -1,0 +1,1 @@
+"""Task formats: loaders from native files to Items, few-shot prompts, perturbations."""

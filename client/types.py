@@ -186,3 +186,155 @@ ErrorCode = Literal[
     "not_utf8",
     "engine_error",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP API resources (OpenAI/Anthropic batch conventions where they fit).
+# ---------------------------------------------------------------------------------------------
+
+
+class JobStatus(StrEnum):
+    VALIDATING = "validating"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class FileObject(BaseModel):
+    """An uploaded, validated input file (JSONL in any supported task format)."""
+
+    id: str
+    object: Literal["file"] = "file"
+    filename: str | None = None
+    bytes: int
+    lines: int = Field(description="Number of items (non-blank lines) in the file.")
+    task: TaskName
+    format: str = Field(description="Detected input format, e.g. 'generic', 'strategyqa'.")
+    created_at: int
+
+
+class JobCreate(_Strict):
+    """Create a rationale-generation job from an uploaded file or inline items (exactly one)."""
+
+    input_file_id: str | None = None
+    items: list[Item] | None = Field(default=None, max_length=10_000)
+    task: TaskName = TaskName.GENERIC
+    model: str = Field(min_length=1, max_length=128)
+    decoding: DecodingSettings = Field(default_factory=DecodingSettings)
+    demonstrations: list[Demonstration] | None = Field(default=None, max_length=16)
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> JobCreate:
+        if (self.input_file_id is None) == (self.items is None):
+            raise ValueError("give exactly one of input_file_id or items")
+        if self.items is not None and not self.items:
+            raise ValueError("items must not be empty")
+        return self
+
+
+class RequestCounts(BaseModel):
+    total: int = Field(description="Rationales to produce (factual + counterfactual).")
+    completed: int = 0
+    failed: int = 0
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Job(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    task: TaskName
+    model: str
+    decoding: DecodingSettings
+    input_file_id: str | None = None
+    request_counts: RequestCounts
+    usage: Usage = Field(default_factory=Usage)
+    metadata: dict[str, str] | None = None
+    error: str | None = Field(default=None, description="Why the job failed, if it did.")
+    created_at: int
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+
+
+class JobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Job]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class DatasetLocation(BaseModel):
+    """Where a job's outputs are: presigned URLs on S3, file:// URLs on local storage."""
+
+    job_id: str
+    jsonl_url: str | None
+    parquet_url: str | None
+    errors_url: str | None
+    manifest_url: str | None
+    expires_at: int | None = None
+
+
+class ModelInfo(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    workers: int = Field(description="Live workers serving this model.")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    line: int | None = None
+    field: str | None = None
+    code: str | None = None
+    message: str
+
+
+class ErrorBody(BaseModel):
+    type: str
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """The body of every 4xx/5xx answer."""
+
+    error: ErrorBody
+
+
+class Manifest(BaseModel):
+    """Written next to a job's dataset: what produced it and what it holds."""
+
+    schema_version: str = SCHEMA_VERSION
+    job_id: str
+    task: TaskName
+    model: str
+    decoding: DecodingSettings
+    request_counts: RequestCounts
+    counts_by_tag: dict[str, int]
+    usage: Usage
+    created_at: int
+    completed_at: int
+    engine_seconds: float = Field(description="Sum of the workers' decoding time.")
+    wall_seconds: float
+    files: dict[str, str] = Field(description="Role -> object key (dataset, parquet, errors).")
+    metadata: dict[str, str] | None = None

@@ -178,6 +178,7 @@ ErrorCode = Literal[
     "invalid_json",
     "invalid_item",
     "unknown_task",
+    "unsupported_format",  # input format unknown, or unable to feed the job's task
     "answer_not_in_choices",
     "duplicate_id",
     "prompt_too_long",

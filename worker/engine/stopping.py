@@ -55,6 +55,18 @@ class StopRule:
         joined = tail + self._text(token)
         return any(s in joined for s in self.stop)
 
+    def text_of(self, token_ids: Iterable[int]) -> str:
+        return "".join(self._text(t) for t in token_ids)
+
+    def tail_of(self, recent_ids: Sequence[int]) -> str:
+        """The kept tail, derived from the most recent token ids (used where no state is kept)."""
+        return self.text_of(recent_ids)[-self.tail_len :] if self.tail_len else ""
+
+    def ended(self, recent_ids: Sequence[int]) -> bool:
+        """True when the last token completed a stop string (so the rationale is over)."""
+        joined = self.text_of(recent_ids)
+        return any(s in joined for s in self.stop)
+
     def decide(self, tail: str, chosen: int, plain: int) -> tuple[Action, str]:
         """Decide one step of one pair. `tail` is the pair's kept text tail; returns the new tail."""
         if plain in self.eos_ids or chosen in self.eos_ids:

@@ -1,0 +1,361 @@
+"""The production engine: vLLM with each (C+, C-) pair decoded as two requests in one batch.
+
+Greedy requests are plain vLLM greedy generation. Contrastive requests go through
+`ContrastivePairLogitsProcessor`; after each wave the driver checks every pair's outputs (tokens
+and the VALID/ABORT codes the processor wrote) and continues pairs that lost lockstep from their
+agreed prefix, in smaller waves, a bounded number of times. A pair that still fails is a
+per-request error (`lockstep_exhausted`), never a hang.
+
+Admission keeps desync rare: a wave holds at most max_num_seqs / 2 pairs and only as many as the
+KV cache can hold at once (shared prompt prefixes counted once), so members are not preempted.
+
+GPU path: the processor implements the V1 model-runner interface. vLLM's GPU builds default to
+Model Runner V2, which rejects V1 processors, so GPU workers set VLLM_USE_V2_MODEL_RUNNER=0 and
+turn async scheduling off (output ids must be current when the processor runs). Only the CPU
+build can be exercised in this project's CI.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from contrail.client.types import FinishReason
+from contrail.worker.engine.base import (
+    ContrastSettings,
+    DecodeRequest,
+    DecodeResult,
+    Engine,
+    EngineStats,
+)
+from contrail.worker.engine.lockstep import MemberOutput, agreed_prefix, in_lockstep
+from contrail.worker.engine.stopping import finalize_text
+
+
+@dataclass
+class VllmOptions:
+    """Engine knobs. The defaults suit a 2-core CPU; GPU workers raise the KV cache and batch."""
+
+    dtype: str = "float32"
+    kv_cache_bytes: int = 2 * 1024**3
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None
+    block_size: int = 32
+    max_model_len: int | None = 2048
+    max_attempts: int = 6
+    in_process: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Pair:
+    index: int
+    request: DecodeRequest
+    pos_ids: list[int]
+    neg_ids: list[int]
+    agreed: list[int] = field(default_factory=list)
+    attempts: int = 0
+    continuations: int = 0
+    extra_tokens: int = 0
+
+
+def _configure_environment(options: VllmOptions) -> None:
+    if options.in_process:
+        # The in-process engine starts in ~3 s instead of 20-30 s and adds all requests of a
+        # wave before its first step.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    # Weights come from local folders only; never let a missing folder turn into a hub download.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class VllmPairEngine(Engine):
+    def __init__(
+        self, model_path: str, model_name: str | None = None, options: VllmOptions | None = None
+    ) -> None:
+        self.options = options or VllmOptions()
+        _configure_environment(self.options)
+        from vllm import LLM
+
+        from contrail.worker.engine.pair_processor import ContrastivePairLogitsProcessor
+
+        model_path = os.path.abspath(model_path)
+        if not os.path.isdir(model_path):
+            raise FileNotFoundError(f"model folder not found: {model_path}")
+        kwargs: dict[str, Any] = {
+            "model": model_path,
+            "dtype": self.options.dtype,
+            "kv_cache_memory_bytes": self.options.kv_cache_bytes,
+            "max_num_seqs": self.options.max_num_seqs,
+            "block_size": self.options.block_size,
+            "enable_prefix_caching": True,
+            "logits_processors": [ContrastivePairLogitsProcessor],
+            # The processor's VALID/ABORT code comes back as the sampled token's "logprob".
+            "logprobs_mode": "processed_logits",
+            "async_scheduling": False,
+            "seed": 0,
+            **self.options.extra,
+        }
+        if self.options.max_model_len is not None:
+            kwargs["max_model_len"] = self.options.max_model_len
+        if self.options.max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = self.options.max_num_batched_tokens
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.model_name = model_name or os.path.basename(model_path.rstrip("/"))
+        config = self.llm.llm_engine.vllm_config
+        self.max_model_len = int(config.model_config.max_model_len)
+        cache = config.cache_config
+        self._kv_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
+        self._max_batched = int(config.scheduler_config.max_num_batched_tokens)
+        self._eos = self._eos_id()
+        self.stats = EngineStats()
+
+    def _eos_id(self) -> int:
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the model's tokenizer has no EOS token")
+        return int(eos)
+
+    # -- public -------------------------------------------------------------------------------
+
+    def generate(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
+        results: list[DecodeResult | None] = [None] * len(requests)
+        greedy: list[tuple[int, DecodeRequest, list[int]]] = []
+        pairs: list[_Pair] = []
+        for i, req in enumerate(requests):
+            pos_ids = self._encode(req.pos_prompt)
+            neg_ids = self._encode(req.neg_prompt) if req.neg_prompt is not None else []
+            too_long = self._too_long(req, pos_ids, neg_ids)
+            if too_long is not None:
+                results[i] = too_long
+            elif req.neg_prompt is None:
+                greedy.append((i, req, pos_ids))
+            else:
+                pairs.append(_Pair(index=i, request=req, pos_ids=pos_ids, neg_ids=neg_ids))
+        for i, res in self._run_greedy(greedy):
+            results[i] = res
+        for pair, res in self._run_pairs(pairs):
+            results[pair.index] = res
+        self.stats.requests += len(requests)
+        return [r for r in results if r is not None]
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def _too_long(
+        self, req: DecodeRequest, pos_ids: list[int], neg_ids: list[int]
+    ) -> DecodeResult | None:
+        longest = max(len(pos_ids), len(neg_ids))
+        if longest + req.settings.max_new_tokens <= self.max_model_len:
+            return None
+        return DecodeResult(
+            request_id=req.request_id,
+            token_ids=[],
+            text="",
+            finish_reason=FinishReason.ERROR,
+            prompt_tokens=len(pos_ids) + len(neg_ids),
+            error=(
+                f"prompt_too_long: the prompt has {longest} tokens and max_new_tokens is "
+                f"{req.settings.max_new_tokens}, over the model context of {self.max_model_len}"
+            ),
+        )
+
+    def _finish(
+        self,
+        request_id: str,
+        settings: ContrastSettings,
+        token_ids: list[int],
+        prompt_tokens: int,
+    ) -> DecodeResult:
+        ended_by_eos = bool(token_ids) and token_ids[-1] == self._eos
+        emitted = token_ids[:-1] if ended_by_eos else token_ids
+        raw = self.tokenizer.decode(emitted, skip_special_tokens=True)
+        text = finalize_text(raw, settings.stop)
+        stopped = ended_by_eos or any(s in raw for s in settings.stop)
+        reason = FinishReason.STOP if stopped else FinishReason.LENGTH
+        self.stats.completion_tokens += len(emitted)
+        self.stats.prompt_tokens += prompt_tokens
+        return DecodeResult(
+            request_id=request_id,
+            token_ids=emitted,
+            text=text,
+            finish_reason=reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(emitted),
+        )
+
+    def _run_greedy(
+        self, items: list[tuple[int, DecodeRequest, list[int]]]
+    ) -> list[tuple[int, DecodeResult]]:
+        if not items:
+            return []
+        from vllm import SamplingParams, TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=ids) for _, _, ids in items]
+        params = [
+            SamplingParams(
+                temperature=0.0,
+                max_tokens=req.settings.max_new_tokens,
+                stop=list(req.settings.stop),
+            )
+            for _, req, _ in items
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        self.stats.waves += 1
+        done = []
+        for (i, req, ids), out in zip(items, outputs, strict=True):
+            done.append((i, self._finish(req.request_id, req.settings, list(out.outputs[0].token_ids), len(ids))))
+        return done
+
+    def _run_pairs(self, pairs: list[_Pair]) -> list[tuple[_Pair, DecodeResult]]:
+        done: list[tuple[_Pair, DecodeResult]] = []
+        pending = pairs
+        for attempt in range(self.options.max_attempts):
+            if not pending:
+                break
+            still: list[_Pair] = []
+            for wave in self._waves(pending, attempt):
+                for pair, result in self._run_wave(wave):
+                    if result is None:
+                        still.append(pair)
+                    else:
+                        done.append((pair, result))
+            pending = still
+        for pair in pending:
+            self.stats.lockstep_failures += 1
+            done.append((pair, self._exhausted(pair)))
+        return done
+
+    def _exhausted(self, pair: _Pair) -> DecodeResult:
+        return DecodeResult(
+            request_id=pair.request.request_id,
+            token_ids=[],
+            text="",
+            finish_reason=FinishReason.ERROR,
+            prompt_tokens=len(pair.pos_ids) + len(pair.neg_ids),
+            continuations=pair.continuations,
+            extra_tokens=pair.extra_tokens,
+            error=(
+                f"lockstep_exhausted: the pair lost lockstep {pair.attempts} times; "
+                "the engine's token budget or KV cache is too small for this prompt"
+            ),
+        )
+
+    def _waves(self, pairs: list[_Pair], attempt: int) -> list[list[_Pair]]:
+        """Split pairs into waves that fit max_num_seqs and the KV cache; halve on each retry."""
+        max_pairs = max(1, (self.options.max_num_seqs // 2) >> attempt)
+        waves: list[list[_Pair]] = []
+        current: list[_Pair] = []
+        used = 0
+        for pair in pairs:
+            need = self._kv_need(pair)
+            if current and (len(current) >= max_pairs or used + need > self._kv_tokens):
+                waves.append(current)
+                current, used = [], 0
+            current.append(pair)
+            used += need
+        if current:
+            waves.append(current)
+        return waves
+
+    def _kv_need(self, pair: _Pair) -> int:
+        """KV tokens a pair can occupy at its longest (both members, full rationale)."""
+        block = self.options.block_size
+        remaining = pair.request.settings.max_new_tokens - len(pair.agreed)
+        total = 0
+        for ids in (pair.pos_ids, pair.neg_ids):
+            length = len(ids) + len(pair.agreed) + remaining
+            total += -(-length // block) * block
+        return total
+
+    def _run_wave(self, wave: list[_Pair]) -> list[tuple[_Pair, DecodeResult | None]]:
+        from vllm import SamplingParams, TokensPrompt
+
+        from contrail.worker.engine.pair_processor import PairSpec
+
+        prompts: list[TokensPrompt] = []
+        params: list[SamplingParams] = []
+        for pair in wave:
+            pair.attempts += 1
+            s = pair.request.settings
+            key = f"{pair.request.request_id}#{pair.attempts}"
+            remaining = s.max_new_tokens - len(pair.agreed)
+            for role, ids in ((0, pair.pos_ids), (1, pair.neg_ids)):
+                spec = PairSpec(
+                    key=key,
+                    role=role,
+                    lam=s.lam,
+                    alpha=s.alpha,
+                    temperature=s.temperature,
+                    eos=self._eos,
+                    stop=tuple(s.stop),
+                    prefix_tail=tuple(pair.agreed[-16:]),
+                )
+                prompts.append(TokensPrompt(prompt_token_ids=ids + pair.agreed))
+                params.append(
+                    SamplingParams(
+                        temperature=0.0,
+                        max_tokens=remaining,
+                        logprobs=0,
+                        detokenize=False,
+                        stop_token_ids=[self._eos],
+                        extra_args=spec.to_extra(),
+                    )
+                )
+        start = time.perf_counter()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        self.stats.waves += 1
+        self.decode_seconds = getattr(self, "decode_seconds", 0.0) + time.perf_counter() - start
+        return [
+            (pair, self._check_pair(pair, outputs[2 * k], outputs[2 * k + 1]))
+            for k, pair in enumerate(wave)
+        ]
+
+    @staticmethod
+    def _member(output: Any) -> MemberOutput:
+        completion = output.outputs[0]
+        ids = list(completion.token_ids)
+        codes = [float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs or [], strict=False)]
+        return MemberOutput(token_ids=ids, codes=codes)
+
+    def _check_pair(self, pair: _Pair, out_pos: Any, out_neg: Any) -> DecodeResult | None:
+        pos, neg = self._member(out_pos), self._member(out_neg)
+        settings = pair.request.settings
+        if in_lockstep(pos, neg):
+            result = self._finish(
+                pair.request.request_id,
+                settings,
+                pair.agreed + list(pos.token_ids),
+                len(pair.pos_ids) + len(pair.neg_ids),
+            )
+            result.continuations = pair.continuations
+            result.extra_tokens = pair.extra_tokens
+            return result
+        keep = agreed_prefix(pos, neg)
+        pair.agreed += list(pos.token_ids[:keep])
+        wasted = len(pos.token_ids) + len(neg.token_ids) - 2 * keep
+        pair.extra_tokens += wasted
+        pair.continuations += 1
+        self.stats.pairs_continued += 1
+        self.stats.extra_tokens += wasted
+        if len(pair.agreed) >= settings.max_new_tokens:
+            # Every token was agreed before the pair fell apart: nothing is left to decode.
+            return self._finish(
+                pair.request.request_id,
+                settings,
+                pair.agreed[: settings.max_new_tokens],
+                len(pair.pos_ids) + len(pair.neg_ids),
+            )
+        return None
+
+    def close(self) -> None:
+        engine = getattr(self.llm, "llm_engine", None)
+        shutdown = getattr(engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()

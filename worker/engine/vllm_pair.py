@@ -47,6 +47,7 @@ class VllmOptions:
     max_model_len: int | None = 2048
     max_attempts: int = 6
     in_process: bool = True
+    enforce_eager: bool = False  # skip torch.compile: ~10 s faster start, slower decoding
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +61,11 @@ class _Pair:
     attempts: int = 0
     continuations: int = 0
     extra_tokens: int = 0
+
+
+# In-process vLLM engines share process-wide parallel state, and collecting one tears that state
+# down for every other engine in the process. They are kept here until the process exits.
+_IN_PROCESS_ENGINES: list[Any] = []
 
 
 def _configure_environment(options: VllmOptions) -> None:
@@ -96,6 +102,7 @@ class VllmPairEngine(Engine):
             # The processor's VALID/ABORT code comes back as the sampled token's "logprob".
             "logprobs_mode": "processed_logits",
             "async_scheduling": False,
+            "enforce_eager": self.options.enforce_eager,
             "seed": 0,
             **self.options.extra,
         }
@@ -104,6 +111,8 @@ class VllmPairEngine(Engine):
         if self.options.max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = self.options.max_num_batched_tokens
         self.llm = LLM(**kwargs)
+        if self.options.in_process:
+            _IN_PROCESS_ENGINES.append(self.llm)
         self.tokenizer = self.llm.get_tokenizer()
         self.model_name = model_name or os.path.basename(model_path.rstrip("/"))
         config = self.llm.llm_engine.vllm_config
@@ -355,6 +364,10 @@ class VllmPairEngine(Engine):
         return None
 
     def close(self) -> None:
+        if self.options.in_process:
+            # See _IN_PROCESS_ENGINES: it lives until the process exits (a worker holds one
+            # engine for its whole life anyway).
+            return
         engine = getattr(self.llm, "llm_engine", None)
         shutdown = getattr(engine, "shutdown", None)
         if callable(shutdown):

@@ -1,0 +1,245 @@
+"""The vLLM pair engine against the reference engine and transformers' CFG oracle, token for token.
+
+Real few-shot prompts (StrategyQA and CREAK items, 0-6 demonstrations, so prompt lengths differ
+widely) through the real vLLM CPU build with the tiny random model; SmolLM2 on real items is slow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from contrail.client.types import (
+    DecodingMode,
+    DecodingSettings,
+    FinishReason,
+    Item,
+    ItemError,
+    Perturbation,
+    RationaleRecord,
+    Tag,
+    TaskName,
+)
+from contrail.worker import pipeline
+from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult
+from contrail.worker.engine.reference import ReferenceEngine
+from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
+from contrail.worker.tasks.formats import load_items
+
+from .oracle import cfg_generate
+
+pytestmark = pytest.mark.vllm
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _items(task: TaskName, path: Path, n: int) -> list[Item]:
+    loaded = load_items(path, task)
+    return loaded.items[:n]
+
+
+def _requests(
+    n_per_task: int, max_new_tokens: int, settings: DecodingSettings
+) -> list[DecodeRequest]:
+    """Real prompts of mixed lengths: each third of the items gets 0, 2 or 6 demonstrations."""
+    requests: list[DecodeRequest] = []
+    for task, path in (
+        (TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json"),
+        (TaskName.CREAK, SHARED / "creak" / "dev.json"),
+    ):
+        items = _items(task, path, n_per_task)
+        for k, shots in enumerate((0, 2, 6)):
+            chunk = items[k::3]
+            s = settings.model_copy(
+                update={"num_demonstrations": shots, "max_new_tokens": max_new_tokens}
+            )
+            requests += pipeline.plan(chunk, task, s, "test").decode_requests
+    return requests
+
+
+@pytest.fixture(scope="module")
+def tiny_vllm(tiny_model_path: Path) -> Iterator[VllmPairEngine]:
+    engine = VllmPairEngine(
+        str(tiny_model_path),
+        options=VllmOptions(kv_cache_bytes=64 * 1024**2, enforce_eager=True),
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tiny_model_path: Path) -> ReferenceEngine:
+    return ReferenceEngine(str(tiny_model_path), max_batch=64)
+
+
+def _assert_same(ours: Sequence[DecodeResult], theirs: Sequence[DecodeResult], label: str) -> None:
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.request_id == b.request_id
+        assert a.token_ids == b.token_ids, f"{label}: {a.request_id} differs"
+        assert (a.finish_reason, a.text) == (b.finish_reason, b.text), f"{label}: {a.request_id}"
+
+
+def _assert_matches_cfg(
+    results: Sequence[DecodeResult],
+    requests: Sequence[DecodeRequest],
+    model: object,
+    tokenizer: object,
+) -> None:
+    for res, req in zip(results, requests, strict=True):
+        assert req.neg_prompt is not None
+        cfg = cfg_generate(
+            model,
+            tokenizer,
+            req.pos_prompt,
+            req.neg_prompt,
+            req.settings.lam,
+            req.settings.max_new_tokens,
+        )
+        assert res.token_ids == cfg[: len(res.token_ids)], f"CFG oracle differs on {req.request_id}"
+        if res.finish_reason is FinishReason.LENGTH:
+            assert len(res.token_ids) == len(cfg)
+
+
+def test_pair_engine_equals_reference_and_cfg_on_tiny_model(
+    tiny_vllm: VllmPairEngine, tiny_reference: ReferenceEngine
+) -> None:
+    requests = _requests(18, 32, DecodingSettings())
+    contrastive = [r for r in requests if r.neg_prompt is not None]
+    assert len(contrastive) >= 32
+    lengths = sorted(len(tiny_vllm.tokenizer(r.pos_prompt)["input_ids"]) for r in contrastive)
+    assert lengths[-1] > 4 * lengths[0], "prompt lengths should differ widely"
+
+    ours = tiny_vllm.generate(contrastive)
+    assert all(r.finish_reason is not FinishReason.ERROR for r in ours)
+    _assert_same(ours, tiny_reference.generate(contrastive), "reference")
+    _assert_matches_cfg(ours, contrastive, tiny_reference.model, tiny_reference.tokenizer)
+
+
+def test_pair_engine_keeps_equality_when_pairs_lose_lockstep(
+    tiny_model_path: Path, tiny_reference: ReferenceEngine
+) -> None:
+    """A 64-token budget splits prefills; a small KV cache and mixed lengths add pressure."""
+    engine = VllmPairEngine(
+        str(tiny_model_path),
+        options=VllmOptions(
+            kv_cache_bytes=4 * 1024**2,
+            max_num_batched_tokens=64,
+            max_num_seqs=64,
+            max_model_len=1024,
+            enforce_eager=True,
+            max_attempts=8,
+        ),
+    )
+    try:
+        requests = [r for r in _requests(6, 24, DecodingSettings()) if r.neg_prompt is not None]
+        ours = engine.generate(requests)
+    finally:
+        engine.close()
+    assert all(r.finish_reason is not FinishReason.ERROR for r in ours), [r.error for r in ours]
+    assert engine.stats.pairs_continued > 0, "the desync protocol was not exercised"
+    assert sum(r.continuations for r in ours) == engine.stats.pairs_continued
+    _assert_same(ours, tiny_reference.generate(requests), "reference under desync")
+
+
+def test_greedy_mode_equals_plain_vllm_greedy(
+    tiny_vllm: VllmPairEngine, tiny_reference: ReferenceEngine
+) -> None:
+    from vllm import SamplingParams
+
+    settings = DecodingSettings(mode=DecodingMode.GREEDY)
+    requests = _requests(6, 24, settings)
+    assert all(r.neg_prompt is None for r in requests)
+    ours = tiny_vllm.generate(requests)
+    plain = tiny_vllm.llm.generate(
+        [r.pos_prompt for r in requests],
+        SamplingParams(temperature=0.0, max_tokens=24, stop=list(settings.stop)),
+        use_tqdm=False,
+    )
+    for res, out in zip(ours, plain, strict=True):
+        assert res.text == out.outputs[0].text.strip()
+        expected = list(out.outputs[0].token_ids)
+        assert res.token_ids == [t for t in expected if t != tiny_vllm.tokenizer.eos_token_id]
+    _assert_same(ours, tiny_reference.generate(requests), "reference greedy")
+
+
+def test_prompt_too_long_is_a_per_request_error(tiny_vllm: VllmPairEngine) -> None:
+    ok = DecodeRequest(
+        "ok", "Q: Is ice cold?\nA: The answer is yes.", "Q: Is ice cold?\nA: The answer is no."
+    )
+    huge_text = "word " * 5000
+    huge = DecodeRequest("huge", huge_text, huge_text, ContrastSettings(max_new_tokens=8))
+    results = tiny_vllm.generate([huge, ok])
+    assert results[0].finish_reason is FinishReason.ERROR
+    assert results[0].error is not None and results[0].error.startswith("prompt_too_long")
+    assert results[1].finish_reason is not FinishReason.ERROR and results[1].completion_tokens > 0
+
+
+def test_counterfactual_records_swap_roles(tiny_vllm: VllmPairEngine) -> None:
+    items = _items(TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json", 6)
+    settings = DecodingSettings(counterfactual_fraction=1.0, max_new_tokens=16)
+    out = list(pipeline.generate(tiny_vllm, items, TaskName.STRATEGYQA, settings))
+    records = [r for r in out if isinstance(r, RationaleRecord)]
+    assert not [e for e in out if isinstance(e, ItemError)]
+    assert len(records) == 2 * len(items)
+    for rec in records:
+        assert rec.decoding.perturbation is Perturbation.WRONG
+        if rec.tag is Tag.COUNTERFACTUAL:
+            assert rec.answer != rec.gold_answer
+            assert rec.decoding.contrast_answer == rec.gold_answer
+        else:
+            assert rec.answer == rec.gold_answer
+            assert rec.decoding.contrast_answer not in (None, "", rec.gold_answer)
+
+
+# -- SmolLM2 on real items (slow) -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smol_vllm(smollm2_path: Path) -> Iterator[VllmPairEngine]:
+    engine = VllmPairEngine(
+        str(smollm2_path),
+        options=VllmOptions(kv_cache_bytes=512 * 1024**2, enforce_eager=True),
+    )
+    yield engine
+    engine.close()
+
+
+def _strategyqa_requests(settings: DecodingSettings, n: int) -> list[DecodeRequest]:
+    items = _items(TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json", n)
+    return pipeline.plan(items, TaskName.STRATEGYQA, settings, "smollm2").decode_requests
+
+
+@pytest.mark.slow
+def test_pair_engine_equals_reference_and_cfg_on_smollm2(
+    smol_vllm: VllmPairEngine, smollm2_path: Path
+) -> None:
+    requests = _strategyqa_requests(DecodingSettings(max_new_tokens=40), 8)
+    assert len(requests) >= 8
+    ours = smol_vllm.generate(requests)
+    assert all(r.finish_reason is not FinishReason.ERROR for r in ours)
+    reference = ReferenceEngine(str(smollm2_path), max_batch=16)
+    _assert_same(ours, reference.generate(requests), "reference on SmolLM2")
+    _assert_matches_cfg(ours, requests, reference.model, reference.tokenizer)
+
+
+@pytest.mark.slow
+def test_contrastive_modes_differ_from_greedy_on_real_items(smol_vllm: VllmPairEngine) -> None:
+    texts = {}
+    for name, settings in {
+        "greedy": DecodingSettings(mode=DecodingMode.GREEDY),
+        "wrong": DecodingSettings(perturbation=Perturbation.WRONG),
+        "empty": DecodingSettings(perturbation=Perturbation.EMPTY),
+    }.items():
+        results = smol_vllm.generate(
+            _strategyqa_requests(settings.model_copy(update={"max_new_tokens": 40}), 8)
+        )
+        assert all(r.finish_reason is not FinishReason.ERROR for r in results)
+        texts[name] = [r.text for r in results]
+    for mode in ("wrong", "empty"):
+        differing = sum(a != b for a, b in zip(texts[mode], texts["greedy"], strict=True))
+        assert differing >= 4, f"contrastive-{mode} should differ from greedy on most items"
+    assert all(texts["greedy"]), "greedy rationales should not be empty"

@@ -1,4 +1,4 @@
-"""The pair processor on a fake persistent batch: add / remove / move / swap steps, every row checked.
+"""The pair processor on a fake persistent batch: add, remove, move and swap steps, rows checked.
 
 Like vLLM's own logits-processor tests, a fake batch is pushed through BatchUpdates and each row of
 the result is checked against what the lockstep protocol demands.
@@ -15,6 +15,9 @@ import torch
 
 pytest.importorskip("vllm")
 
+from vllm import SamplingParams
+from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
 from contrail.worker.engine.lockstep import (
     ABORT_CODE,
     VALID_CODE,
@@ -27,8 +30,6 @@ from contrail.worker.engine.pair_processor import (
     PairSpec,
 )
 from contrail.worker.engine.scoring import contrastive_choice
-from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 EOS = 0
 

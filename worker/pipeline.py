@@ -216,7 +216,7 @@ def to_records(job: Plan, results: Iterable[DecodeResult]) -> list[RationaleReco
     return out
 
 
-def _decode_batch(
+def decode_batch(
     engine: Engine, job: Plan, batch: Sequence[PlannedRequest]
 ) -> list[RationaleRecord | ItemError]:
     results = {r.request_id: r for r in engine.generate([p.request for p in batch])}
@@ -255,4 +255,4 @@ def generate(
     job = plan(items, task, settings, engine.model_name, demonstrations, template)
     yield from job.errors
     for start in range(0, len(job.requests), batch_size):
-        yield from _decode_batch(engine, job, job.requests[start : start + batch_size])
+        yield from decode_batch(engine, job, job.requests[start : start + batch_size])

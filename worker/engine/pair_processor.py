@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from vllm import SamplingParams
@@ -48,7 +48,13 @@ class PairSpec:
     prefix_tail: tuple[int, ...]  # last tokens of the agreed prefix already in the prompt
 
     def to_extra(self) -> dict[str, Any]:
-        return {EXTRA_KEY: {**self.__dict__, "stop": list(self.stop), "prefix_tail": list(self.prefix_tail)}}
+        return {
+            EXTRA_KEY: {
+                **self.__dict__,
+                "stop": list(self.stop),
+                "prefix_tail": list(self.prefix_tail),
+            }
+        }
 
     @classmethod
     def from_params(cls, params: SamplingParams | None) -> PairSpec | None:
@@ -77,7 +83,9 @@ class _Row:
         out = self.output_ids[-_RECENT:]
         if len(out) >= _RECENT:
             return list(out)
-        return list(self.spec.prefix_tail[len(self.spec.prefix_tail) - (_RECENT - len(out)) :]) + list(out)
+        return list(
+            self.spec.prefix_tail[len(self.spec.prefix_tail) - (_RECENT - len(out)) :]
+        ) + list(out)
 
 
 class ContrastivePairLogitsProcessor(LogitsProcessor):
@@ -88,7 +96,7 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
 
         model_config = vllm_config.model_config
         tokenizer = AutoTokenizer.from_pretrained(model_config.tokenizer)
-        self._texts = token_texts(tokenizer)
+        self._texts = token_texts(cast(Any, tokenizer))
         self._rows: dict[int, _Row] = {}
         self._aborted: set[str] = set()
         self._device = device
@@ -167,7 +175,9 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
             logits[rows, tokens] = codes
         return logits
 
-    def _choose(self, logits: torch.Tensor, pairs: list[tuple[int, int]]) -> list[tuple[int, int, float]]:
+    def _choose(
+        self, logits: torch.Tensor, pairs: list[tuple[int, int]]
+    ) -> list[tuple[int, int, float]]:
         specs = [self._rows[p].spec for p, _ in pairs]
         pos_idx = torch.tensor([p for p, _ in pairs], device=logits.device)
         neg_idx = torch.tensor([n for _, n in pairs], device=logits.device)

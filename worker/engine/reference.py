@@ -13,8 +13,13 @@ KV cache makes every step one forward of the new token only. Pairs that finish a
 the batch (their rows are cut out of the KV cache), so a long rationale does not make finished
 ones pay for its steps.
 
-Prompts are tokenized as ``tokenizer(prompt)["input_ids"]`` (the tokenizer's default special-token
-handling; neither SmolLM2 nor the tiny test model adds a BOS token), exactly as the vLLM engine does.
+``num_threads`` sets torch's intra-op threads for the duration of each ``generate`` call (and
+restores them): on a small, busy CPU, OpenMP threads that spin against other processes made every
+forward pass tens of times slower than one thread.
+
+Prompts are tokenized as ``tokenizer(prompt)["input_ids"]`` (the tokenizer's default
+special-token handling; neither SmolLM2 nor the tiny test model adds a BOS token), exactly as the
+vLLM engine does.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -81,6 +86,7 @@ class ReferenceEngine(Engine):
         device: str | torch.device = "cpu",
         attn_implementation: str | None = "sdpa",
         drop_finished: bool = True,
+        num_threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -98,12 +104,13 @@ class ReferenceEngine(Engine):
         self.dtype = dtype
         self.max_batch = max_batch
         self.drop_finished = drop_finished
+        self.num_threads = num_threads
         self.stats = EngineStats()
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(spec.path)
+        self.tokenizer: Any = cast(Any, AutoTokenizer).from_pretrained(spec.path)
         kwargs: dict[str, Any] = {"dtype": dtype}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        self.model: Any = AutoModelForCausalLM.from_pretrained(spec.path, **kwargs)
+        self.model: Any = cast(Any, AutoModelForCausalLM).from_pretrained(spec.path, **kwargs)
         self.model.to(self.device).eval()
         config = self.model.config
         limit = int(getattr(config, "max_position_embeddings", 0) or 0)
@@ -125,6 +132,16 @@ class ReferenceEngine(Engine):
     # -- public API ------------------------------------------------------------------------
 
     def generate(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
+        if self.num_threads is None:
+            return self._generate(requests)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+        try:
+            return self._generate(requests)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _generate(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:
         results: list[DecodeResult | None] = [None] * len(requests)
         jobs: list[_Job] = []
         for index, request in enumerate(requests):

@@ -59,7 +59,7 @@ class StopRule:
         return "".join(self._text(t) for t in token_ids)
 
     def tail_of(self, recent_ids: Sequence[int]) -> str:
-        """The kept tail, derived from the most recent token ids (used where no state is kept)."""
+        """The kept tail, derived from the most recent token ids (where no state is kept)."""
         return self.text_of(recent_ids)[-self.tail_len :] if self.tail_len else ""
 
     def ended(self, recent_ids: Sequence[int]) -> bool:
@@ -68,7 +68,7 @@ class StopRule:
         return any(s in joined for s in self.stop)
 
     def decide(self, tail: str, chosen: int, plain: int) -> tuple[Action, str]:
-        """Decide one step of one pair. `tail` is the pair's kept text tail; returns the new tail."""
+        """Decide one step of one pair from its kept text tail; returns the new tail."""
         if plain in self.eos_ids or chosen in self.eos_ids:
             return Action.STOP, tail
         if self._completes_stop(tail, plain) and chosen != plain:

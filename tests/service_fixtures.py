@@ -1,0 +1,191 @@
+"""Pytest fixtures for the service tests: a real stack (Valkey + SeaweedFS + API + workers).
+
+Loaded from tests/conftest.py through `pytest_plugins`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import ApiServer, SeaweedS3, Valkey, WorkerProc, seaweed, wait_for_model
+
+KEY_A = "sk-alpha-test-key"
+KEY_B = "sk-beta-test-key"
+MODEL = "tiny"
+
+
+class Stack:
+    """One deployment for one test: fresh Valkey, an S3 prefix, an API server, workers."""
+
+    def __init__(
+        self, tmp: Path, s3: SeaweedS3, valkey: Valkey, model_cache: Path, **env: str
+    ) -> None:
+        self.tmp = tmp
+        self.s3 = s3
+        self.valkey = valkey
+        self.prefix = f"t-{uuid.uuid4().hex[:12]}"
+        self.env: dict[str, str] = {
+            **s3.env(),
+            "CONTRAIL_REDIS_URL": valkey.url,
+            "CONTRAIL_STORAGE_URL": s3.url(self.prefix),
+            "CONTRAIL_API_KEYS": f"alpha:{KEY_A},beta:{KEY_B}",
+            "CONTRAIL_MODEL": MODEL,
+            "CONTRAIL_ENGINE": "reference",
+            "CONTRAIL_MODEL_CACHE_DIR": str(model_cache),
+            "CONTRAIL_SHARD_SIZE": "8",
+            "CONTRAIL_BATCH_SHARDS": "4",
+            "CONTRAIL_BLOCK_MS": "300",
+            "CONTRAIL_CLAIM_IDLE_MS": "4000",
+            "CONTRAIL_HEARTBEAT_INTERVAL_S": "0.5",
+            "CONTRAIL_HEARTBEAT_TTL_S": "5",
+            "CONTRAIL_ENGINE_OPTIONS": json.dumps({"max_batch": 64}),
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+        }
+        self.env.update(env)
+        self.api: ApiServer | None = None
+        self.workers: list[WorkerProc] = []
+
+    # ---- processes
+    def start_api(self) -> ApiServer:
+        self.api = ApiServer(self.env, self.tmp).start()
+        return self.api
+
+    def worker(self, *, burst: bool = False, wait: bool = True, **env: str) -> WorkerProc:
+        w = WorkerProc({**self.env, **env}, self.tmp, burst=burst).start()
+        self.workers.append(w)
+        if wait:
+            try:
+                wait_for_model(self.url, KEY_A, env.get("CONTRAIL_MODEL", MODEL), timeout=180)
+            except Exception:
+                raise AssertionError(
+                    f"worker did not announce itself:\n{w.log()[-4000:]}"
+                ) from None
+        return w
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop(timeout=15)
+        if self.api is not None:
+            self.api.stop()
+
+    # ---- HTTP
+    @property
+    def url(self) -> str:
+        assert self.api is not None
+        return self.api.url
+
+    def client(self, key: str | None = KEY_A) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def upload(self, body: bytes, task: str = "generic", key: str = KEY_A) -> httpx.Response:
+        with self.client(key) as c:
+            return c.post(
+                "/v1/files",
+                params={"task": task, "filename": "input.jsonl"},
+                content=body,
+                headers={"Content-Type": "application/jsonl"},
+            )
+
+    def wait_status(
+        self, job_id: str, statuses: tuple[str, ...], timeout: float = 240, key: str = KEY_A
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        job: dict[str, Any] = {}
+        with self.client(key) as c:
+            while time.monotonic() < deadline:
+                job = c.get(f"/v1/jobs/{job_id}").json()
+                if job.get("status") in statuses:
+                    return job
+                time.sleep(0.25)
+        logs = "\n".join(w.log()[-3000:] for w in self.workers)
+        raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s\n{logs}")
+
+    # ---- storage (read back what the workers wrote)
+    def storage(self) -> Any:
+        from contrail.service.storage import Storage
+
+        for k, v in self.s3.env().items():
+            os.environ[k] = v
+        return Storage(self.s3.url(self.prefix))
+
+
+def items_jsonl(n: int, start: int = 0, *, rationale_every: int = 4) -> bytes:
+    lines = []
+    for i in range(start, start + n):
+        item: dict[str, Any] = {
+            "id": f"q{i:06d}",
+            "question": f"Is {i} an even number?",
+            "answer": "yes" if i % 2 == 0 else "no",
+            "choices": ["yes", "no"],
+        }
+        if i % rationale_every == 0:
+            item["rationale"] = f"{i} {'is' if i % 2 == 0 else 'is not'} divisible by two."
+        lines.append(json.dumps(item))
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedS3]:
+    with seaweed() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def service_model_cache(tiny_model_path: Path) -> Path:
+    # tiny_model_path lives at <cache>/<name>; the worker resolves "tiny" from the same cache.
+    return tiny_model_path.parent
+
+
+@pytest.fixture
+def make_stack(tmp_path: Path, s3_server: SeaweedS3, service_model_cache: Path) -> Iterator[Any]:
+    stacks: list[Stack] = []
+    valkeys: list[Valkey] = []
+
+    def make(*, aof: bool = False, start_api: bool = True, **env: str) -> Stack:
+        vk = Valkey(tmp_path / f"valkey{len(valkeys)}", aof=aof).start()
+        valkeys.append(vk)
+        stack = Stack(tmp_path, s3_server, vk, service_model_cache, **env)
+        stacks.append(stack)
+        if start_api:
+            stack.start_api()
+        return stack
+
+    yield make
+    for s in stacks:
+        s.stop()
+    for vk in valkeys:
+        vk.stop()
+
+
+@pytest.fixture
+def stack(make_stack: Any) -> Stack:
+    result: Stack = make_stack()
+    return result
+
+
+def announce_worker(stack: Stack, model: str = MODEL, ttl: float = 600) -> None:
+    """Register a pretend live worker for `model` (jobs are accepted, nothing decodes them)."""
+    import redis
+
+    from contrail.service import keys
+
+    r = redis.Redis.from_url(stack.valkey.url)
+    wid = f"fake-{uuid.uuid4().hex[:6]}"
+    r.hset(keys.worker(wid), mapping={"model": model, "host": "test"})
+    r.zadd(keys.WORKERS, {wid: time.time() + ttl})
+    r.close()
+
+
+def read_jsonl(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.splitlines() if line.strip()]

@@ -56,6 +56,7 @@ from contrail.service import keys
 from contrail.service.jobs_store import RELEASE, SHARD_DONE, TRANSITION, decode_hash
 from contrail.service.settings import Settings, get_settings
 from contrail.service.storage import Storage, dataset_keys, shard_errors_key, shard_key
+from contrail.worker.dataset_writer import RECORD_SCHEMA
 from contrail.worker.engine.base import DecodeRequest, Engine
 from contrail.worker.pipeline import Plan, plan, to_records
 
@@ -80,19 +81,14 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
 
 def make_engine(settings: Settings) -> Engine:
     """The engine this worker decodes with (settings.engine; options from engine_options)."""
-    from contrail.worker.models import resolve_model
+    from contrail.worker.engine.factory import create_engine
 
-    spec = resolve_model(settings.model, settings.model_cache_dir)
-    opts: dict[str, Any] = dict(settings.engine_options)
-    if settings.engine == "vllm":
-        from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
-
-        return VllmPairEngine(str(spec.path), settings.model, VllmOptions(**opts))
-    from contrail.worker.engine.reference import ReferenceEngine
-
-    engine = ReferenceEngine(spec, **opts)
-    engine.model_name = settings.model
-    return engine
+    return create_engine(
+        settings.engine,
+        settings.model,
+        cache_dir=settings.model_cache_dir,
+        options=settings.engine_options,
+    )
 
 
 @dataclass
@@ -126,41 +122,6 @@ class ShardWork:
 
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-# ------------------------------------------------------------------------- Parquet layout
-
-_DECODING = pa.struct(
-    [
-        ("mode", pa.string()),
-        ("perturbation", pa.string()),
-        ("contrast_answer", pa.string()),
-        ("lambda", pa.float64()),
-        ("alpha", pa.float64()),
-        ("temperature", pa.float64()),
-        ("max_new_tokens", pa.int64()),
-        ("seed", pa.int64()),
-    ]
-)
-RECORD_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("task", pa.string()),
-        ("question", pa.string()),
-        ("choices", pa.list_(pa.string())),
-        ("gold_answer", pa.string()),
-        ("answer", pa.string()),
-        ("tag", pa.string()),
-        ("rationale", pa.string()),
-        ("decoding", _DECODING),
-        ("model", pa.string()),
-        ("finish_reason", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("continuations", pa.int64()),
-        ("error", pa.string()),
-    ]
-)
 
 
 class Worker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from contrail.client.types import Demonstration, Item, TaskName
 from contrail.worker.tasks.demos import (
     DemoSelector,

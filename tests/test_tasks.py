@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from contrail.client.types import Item, ItemError, TaskName
 from contrail.worker.tasks.formats import LineParser, detect_format, load_items, parse_line
 

@@ -23,8 +23,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from contrail.client.types import Item, ItemError, TaskName
 from pydantic import ValidationError
+
+from contrail.client.types import Item, ItemError, TaskName
 
 FORMATS: Final = ("csqa", "csqa_hf", "strategyqa", "creak", "qasc", "generic")
 

@@ -1,0 +1,461 @@
+"""The ``jobs`` resource: create, look up, list, cancel, wait for, and read the output of jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from tqdm.auto import tqdm
+
+from contrail.client._base import AsyncAPI, RequestOptions, SyncAPI, check_id, make_status_error
+from contrail.client._exceptions import WaitTimeoutError
+from contrail.client.helpers import DatasetFormat, format_for_path, write_jsonl, write_parquet
+from contrail.client.pagination import AsyncCursorPage, AsyncPaginator, SyncCursorPage
+from contrail.client.types import (
+    DatasetLocation,
+    DecodingSettings,
+    Demonstration,
+    Item,
+    ItemError,
+    Job,
+    JobCreate,
+    JobList,
+    RationaleRecord,
+    TaskName,
+)
+
+__all__ = ["DEFAULT_MODEL", "AsyncJobs", "Jobs"]
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_POLL_INTERVAL = 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Non-I/O pieces shared by both twins
+# ---------------------------------------------------------------------------------------------
+
+
+def _create_options(
+    *,
+    model: str,
+    task: TaskName | str,
+    input_file_id: str | None,
+    items: Sequence[Item | Mapping[str, Any]] | None,
+    decoding: DecodingSettings | Mapping[str, Any] | None,
+    demonstrations: Sequence[Demonstration | Mapping[str, Any]] | None,
+    metadata: Mapping[str, str] | None,
+    idempotency_key: str | None,
+) -> RequestOptions:
+    body = JobCreate.model_validate(
+        {
+            "model": model,
+            "task": task,
+            "input_file_id": input_file_id,
+            "items": (
+                [i.model_dump(exclude_none=True) if isinstance(i, Item) else i for i in items]
+                if items is not None
+                else None
+            ),
+            "decoding": (
+                decoding.model_dump(by_alias=True)
+                if isinstance(decoding, DecodingSettings)
+                else (decoding or {})
+            ),
+            "demonstrations": (
+                [d.model_dump() if isinstance(d, Demonstration) else d for d in demonstrations]
+                if demonstrations is not None
+                else None
+            ),
+            "metadata": dict(metadata) if metadata is not None else None,
+        }
+    )
+    # One key for every attempt: a retried create after a lost answer returns the same job.
+    key = idempotency_key or f"contrail-{uuid.uuid4()}"
+    return RequestOptions(
+        "POST",
+        "/v1/jobs",
+        json=body.model_dump(mode="json", by_alias=True, exclude_none=True),
+        headers={"Idempotency-Key": key},
+    )
+
+
+class _WaitProgress:
+    """A progress bar of done/total rationales with the failed count and generation speed."""
+
+    def __init__(self, job_id: str, enabled: bool) -> None:
+        self.bar: tqdm[Any] = tqdm(
+            total=None,
+            unit="rationale",
+            desc=f"job {job_id}",
+            file=sys.stderr,
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
+        self.t0: float | None = None
+        self.tokens0 = 0
+
+    def update(self, job: Job) -> None:
+        now = time.monotonic()
+        counts = job.request_counts
+        tokens = job.usage.completion_tokens
+        if self.t0 is None:
+            self.t0, self.tokens0 = now, tokens
+        elapsed = now - self.t0
+        rate = (tokens - self.tokens0) / elapsed if elapsed > 0 else 0.0
+        if self.bar.total != counts.total:
+            self.bar.total = counts.total
+        self.bar.n = counts.completed + counts.failed
+        self.bar.set_postfix_str(
+            f"{job.status.value} completed={counts.completed} failed={counts.failed} "
+            f"total={counts.total} {rate:.1f} tok/s",
+            refresh=False,
+        )
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _local_path(url: str) -> Path | None:
+    parsed = urlparse(url)
+    if parsed.scheme != "file":
+        return None
+    return Path(url2pathname(parsed.path))
+
+
+def _dataset_url(location: DatasetLocation, fmt: DatasetFormat) -> str | None:
+    return location.jsonl_url if fmt == "jsonl" else location.parquet_url
+
+
+def _part_path(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def _write_records(
+    records: Iterator[RationaleRecord] | list[RationaleRecord], path: Path, fmt: DatasetFormat
+) -> None:
+    part = _part_path(path)
+    if fmt == "jsonl":
+        write_jsonl(records, part)
+    else:
+        write_parquet(records, part)
+    os.replace(part, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The resources
+# ---------------------------------------------------------------------------------------------
+
+
+class Jobs:
+    def __init__(self, client: SyncAPI) -> None:
+        self._client = client
+
+    def create(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        task: TaskName | str = TaskName.GENERIC,
+        input_file_id: str | None = None,
+        items: Sequence[Item | Mapping[str, Any]] | None = None,
+        decoding: DecodingSettings | Mapping[str, Any] | None = None,
+        demonstrations: Sequence[Demonstration | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
+
+        The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
+        idempotency key is generated once and sent with every retry."""
+        options = _create_options(
+            model=model,
+            task=task,
+            input_file_id=input_file_id,
+            items=items,
+            decoding=decoding,
+            demonstrations=demonstrations,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+        response = self._client.request(options)
+        return Job.model_validate_json(response.content)
+
+    def retrieve(self, job_id: str) -> Job:
+        """``GET /v1/jobs/{job_id}``."""
+        check_id("job_id", job_id)
+        response = self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}"))
+        return Job.model_validate_json(response.content)
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> SyncCursorPage[Job]:
+        """One page of jobs, newest first; iterating the page walks all later pages too."""
+        options = RequestOptions("GET", "/v1/jobs", params={"limit": limit, "after": after})
+        page = JobList.model_validate_json(self._client.request(options).content)
+        return SyncCursorPage(
+            data=page.data,
+            has_more=page.has_more,
+            last_id=page.last_id or (page.data[-1].id if page.data else None),
+            fetch=lambda cursor: self.list(limit=limit, after=cursor),
+        )
+
+    def cancel(self, job_id: str) -> Job:
+        """``POST /v1/jobs/{job_id}/cancel``: the job goes to ``cancelling``, then ``cancelled``."""
+        check_id("job_id", job_id)
+        response = self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/cancel"))
+        return Job.model_validate_json(response.content)
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float | None = None,
+        progress: bool = False,
+    ) -> Job:
+        """Poll until the job is completed, failed or cancelled and return it.
+
+        ``progress=True`` draws a bar (done/total, failed, tokens/s) on standard error.
+        Raises :class:`WaitTimeoutError` (holding the last job seen) after ``timeout`` seconds."""
+        check_id("job_id", job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _WaitProgress(job_id, progress)
+        try:
+            while True:
+                job = self.retrieve(job_id)
+                bar.update(job)
+                if job.status.terminal:
+                    return job
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeoutError(
+                        f"job {job_id} is still {job.status.value} after {timeout}s", job=job
+                    )
+                pause = poll_interval
+                if deadline is not None:
+                    pause = max(0.0, min(pause, deadline - time.monotonic()))
+                time.sleep(pause)
+        finally:
+            bar.close()
+
+    def results(self, job_id: str) -> Iterator[RationaleRecord]:
+        """Stream the job's records (what is finished so far; all once completed).
+
+        The request is sent when iteration starts."""
+        check_id("job_id", job_id)
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/results")
+        with self._client.stream(options) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield RationaleRecord.model_validate_json(line)
+
+    def errors(self, job_id: str) -> Iterator[ItemError]:
+        """Stream the job's per-item errors. The request is sent when iteration starts."""
+        check_id("job_id", job_id)
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/errors")
+        with self._client.stream(options) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield ItemError.model_validate_json(line)
+
+    def dataset(self, job_id: str) -> DatasetLocation:
+        """Where the job's dataset files are (presigned S3 URLs or file:// URLs)."""
+        check_id("job_id", job_id)
+        response = self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}/dataset"))
+        return DatasetLocation.model_validate_json(response.content)
+
+    def download(
+        self,
+        job_id: str,
+        path: str | os.PathLike[str],
+        *,
+        format: DatasetFormat | None = None,
+    ) -> Path:
+        """Save the job's dataset as JSONL or Parquet (by ``format`` or the path's suffix).
+
+        Copies the file the dataset location names (a local file:// path, or a presigned URL
+        fetched without the API key); when the location has no such file (a job still running,
+        a file:// URL from another machine), writes the records from the results stream."""
+        fmt = format_for_path(path, format)
+        target = Path(path)
+        location = self.dataset(job_id)
+        url = _dataset_url(location, fmt)
+        part = _part_path(target)
+        if url is not None:
+            local = _local_path(url)
+            if local is not None and local.is_file():
+                shutil.copyfile(local, part)
+                os.replace(part, target)
+                return target
+            if local is None:
+                with self._client._http.stream("GET", url) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise make_status_error(response)
+                    with part.open("wb") as f:
+                        for chunk in response.iter_bytes():
+                            f.write(chunk)
+                os.replace(part, target)
+                return target
+        _write_records(list(self.results(job_id)), target, fmt)
+        return target
+
+
+class AsyncJobs:
+    def __init__(self, client: AsyncAPI) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        *,
+        model: str = DEFAULT_MODEL,
+        task: TaskName | str = TaskName.GENERIC,
+        input_file_id: str | None = None,
+        items: Sequence[Item | Mapping[str, Any]] | None = None,
+        decoding: DecodingSettings | Mapping[str, Any] | None = None,
+        demonstrations: Sequence[Demonstration | Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
+
+        The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
+        idempotency key is generated once and sent with every retry."""
+        options = _create_options(
+            model=model,
+            task=task,
+            input_file_id=input_file_id,
+            items=items,
+            decoding=decoding,
+            demonstrations=demonstrations,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+        )
+        response = await self._client.request(options)
+        return Job.model_validate_json(response.content)
+
+    async def retrieve(self, job_id: str) -> Job:
+        """``GET /v1/jobs/{job_id}``."""
+        check_id("job_id", job_id)
+        response = await self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}"))
+        return Job.model_validate_json(response.content)
+
+    def list(self, *, limit: int = 20, after: str | None = None) -> AsyncPaginator[Job]:
+        """``await`` it for one page of jobs (newest first), or ``async for`` over every job."""
+        return AsyncPaginator(lambda: self._list_page(limit, after))
+
+    async def _list_page(self, limit: int, after: str | None) -> AsyncCursorPage[Job]:
+        options = RequestOptions("GET", "/v1/jobs", params={"limit": limit, "after": after})
+        page = JobList.model_validate_json((await self._client.request(options)).content)
+        return AsyncCursorPage(
+            data=page.data,
+            has_more=page.has_more,
+            last_id=page.last_id or (page.data[-1].id if page.data else None),
+            fetch=lambda cursor: self._list_page(limit, cursor),
+        )
+
+    async def cancel(self, job_id: str) -> Job:
+        """``POST /v1/jobs/{job_id}/cancel``: the job goes to ``cancelling``, then ``cancelled``."""
+        check_id("job_id", job_id)
+        response = await self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/cancel"))
+        return Job.model_validate_json(response.content)
+
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float | None = None,
+        progress: bool = False,
+    ) -> Job:
+        """Poll until the job is completed, failed or cancelled and return it.
+
+        ``progress=True`` draws a bar (done/total, failed, tokens/s) on standard error.
+        Raises :class:`WaitTimeoutError` (holding the last job seen) after ``timeout`` seconds."""
+        check_id("job_id", job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _WaitProgress(job_id, progress)
+        try:
+            while True:
+                job = await self.retrieve(job_id)
+                bar.update(job)
+                if job.status.terminal:
+                    return job
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeoutError(
+                        f"job {job_id} is still {job.status.value} after {timeout}s", job=job
+                    )
+                pause = poll_interval
+                if deadline is not None:
+                    pause = max(0.0, min(pause, deadline - time.monotonic()))
+                await asyncio.sleep(pause)
+        finally:
+            bar.close()
+
+    async def results(self, job_id: str) -> AsyncIterator[RationaleRecord]:
+        """Stream the job's records (what is finished so far; all once completed).
+
+        The request is sent when iteration starts."""
+        check_id("job_id", job_id)
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/results")
+        async with self._client.stream(options) as response:
+            async for line in response.aiter_lines():
+                if line.strip():
+                    yield RationaleRecord.model_validate_json(line)
+
+    async def errors(self, job_id: str) -> AsyncIterator[ItemError]:
+        """Stream the job's per-item errors. The request is sent when iteration starts."""
+        check_id("job_id", job_id)
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/errors")
+        async with self._client.stream(options) as response:
+            async for line in response.aiter_lines():
+                if line.strip():
+                    yield ItemError.model_validate_json(line)
+
+    async def dataset(self, job_id: str) -> DatasetLocation:
+        """Where the job's dataset files are (presigned S3 URLs or file:// URLs)."""
+        check_id("job_id", job_id)
+        response = await self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}/dataset"))
+        return DatasetLocation.model_validate_json(response.content)
+
+    async def download(
+        self,
+        job_id: str,
+        path: str | os.PathLike[str],
+        *,
+        format: DatasetFormat | None = None,
+    ) -> Path:
+        """Save the job's dataset as JSONL or Parquet (by ``format`` or the path's suffix).
+
+        Copies the file the dataset location names (a local file:// path, or a presigned URL
+        fetched without the API key); when the location has no such file (a job still running,
+        a file:// URL from another machine), writes the records from the results stream."""
+        fmt = format_for_path(path, format)
+        target = Path(path)
+        location = await self.dataset(job_id)
+        url = _dataset_url(location, fmt)
+        part = _part_path(target)
+        if url is not None:
+            local = _local_path(url)
+            if local is not None and local.is_file():
+                shutil.copyfile(local, part)
+                os.replace(part, target)
+                return target
+            if local is None:
+                async with self._client._http.stream("GET", url) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise make_status_error(response)
+                    with part.open("wb") as f:
+                        async for chunk in response.aiter_bytes():
+                            f.write(chunk)
+                os.replace(part, target)
+                return target
+        _write_records([r async for r in self.results(job_id)], target, fmt)
+        return target

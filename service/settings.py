@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     )
 
     # --- worker
-    model: str = "tiny"
+    model: str = "smollm2-135m"
     model_cache_dir: Path | None = Field(
         default=None, description="Prepared-model cache (default $CONTRAIL_CACHE_DIR/models)."
     )

@@ -8,8 +8,10 @@ the venv it made), so the first command's second half is run here as written, in
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
@@ -19,12 +21,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _readme_commands() -> list[str]:
+def _bash_blocks() -> list[list[str]]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"```bash\n(.*?)```", text, re.S)
-    assert block, "README must open with a bash block holding its two commands"
-    lines = [ln.strip() for ln in block.group(1).splitlines()]
-    return [ln for ln in lines if ln and not ln.startswith("#")]
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    assert blocks, "README must open with a bash block holding its two commands"
+    return [
+        [ln.strip() for ln in b.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+        for b in blocks
+    ]
+
+
+def _readme_commands() -> list[str]:
+    return _bash_blocks()[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def test_readme_opens_with_setup_then_run_and_setup_then_test() -> None:
@@ -36,8 +50,28 @@ def test_readme_opens_with_setup_then_run_and_setup_then_test() -> None:
 
 
 @pytest.mark.slow
-def test_readme_first_command_makes_a_dataset(tmp_path: Path) -> None:
+def test_readme_first_command_runs_the_local_stack_and_stops_it(tmp_path: Path) -> None:
     run = _readme_commands()[0].split("&&", 1)[1].strip()
+    state = tmp_path / "demo"
+    env = {**os.environ, "CONTRAIL_DEMO_STATE": str(state), "CONTRAIL_DEMO_PORT": str(_free_port())}
+    proc = subprocess.run(
+        shlex.split(run), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+    )
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "== a few rationales" in proc.stdout
+    parquet = list(state.glob("*.parquet"))
+    assert parquet, "the demo should save the dataset"
+    table = pq.read_table(parquet[0]).to_pylist()
+    source = json.loads((ROOT / "examples" / "strategyqa-dev-20.json").read_text())
+    assert {r["item_id"] for r in table if r["tag"] == "factual"} == {s["qid"] for s in source}
+    assert any(r["tag"] == "counterfactual" for r in table)
+    left = subprocess.run(["pgrep", "-f", str(state)], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "the demo left processes running"
+
+
+@pytest.mark.slow
+def test_readme_offline_command_makes_a_dataset(tmp_path: Path) -> None:
+    run = _bash_blocks()[1][0]
     argv = shlex.split(run)
     out_index = argv.index("-o") + 1
     argv[out_index] = str(tmp_path / "strategyqa.jsonl")

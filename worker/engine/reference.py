@@ -1,7 +1,8 @@
 """The reference engine: contrastive pair decoding in plain torch + transformers.
 
 It is the correctness oracle for the vLLM pair engine and the fallback where vLLM is not
-installed. One call decodes its requests in batches of up to ``max_batch`` requests; a contrastive
+installed. One call decodes its requests in batches of up to ``max_batch`` requests (and at most
+``max_batch_tokens`` padded prompt tokens: rows x longest prompt); a contrastive
 request puts its C+ and C- rows side by side in the batch, and both rows always receive the same
 chosen token, so the pair can never lose lockstep.
 
@@ -82,6 +83,7 @@ class ReferenceEngine(Engine):
         *,
         dtype: torch.dtype | str = torch.float32,
         max_batch: int = 16,
+        max_batch_tokens: int = 8192,
         max_model_len: int | None = None,
         device: str | torch.device = "cpu",
         attn_implementation: str | None = "sdpa",
@@ -103,6 +105,7 @@ class ReferenceEngine(Engine):
         self.device = torch.device(device)
         self.dtype = dtype
         self.max_batch = max_batch
+        self.max_batch_tokens = max_batch_tokens
         self.drop_finished = drop_finished
         self.num_threads = num_threads
         self.stats = EngineStats()
@@ -154,10 +157,7 @@ class ReferenceEngine(Engine):
             else:
                 jobs.append(job)
 
-        # Similar lengths together keeps padding small; results go back in request order.
-        jobs.sort(key=lambda j: max(len(j.pos_ids), len(j.neg_ids or ())))
-        for start in range(0, len(jobs), self.max_batch):
-            chunk = jobs[start : start + self.max_batch]
+        for chunk in self._chunks(jobs):
             self._decode_chunk(chunk)
             self.stats.waves += 1
             for job in chunk:
@@ -188,6 +188,27 @@ class ReferenceEngine(Engine):
         self._rules.clear()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _chunks(self, jobs: list[_Job]) -> list[list[_Job]]:
+        """Batches of at most ``max_batch`` requests whose padded prompt block (rows x longest
+        prompt) stays within ``max_batch_tokens`` (a single request always fits). Jobs are
+        sorted by length first, so padding stays small; results go back in request order."""
+        ordered = sorted(jobs, key=lambda j: max(len(j.pos_ids), len(j.neg_ids or ())))
+        chunks: list[list[_Job]] = []
+        current: list[_Job] = []
+        rows = width = 0
+        for job in ordered:
+            longest = max(len(job.pos_ids), len(job.neg_ids or ()))
+            grown = (rows + job.rows) * max(width, longest)
+            if current and (len(current) >= self.max_batch or grown > self.max_batch_tokens):
+                chunks.append(current)
+                current, rows, width = [], 0, 0
+            current.append(job)
+            rows += job.rows
+            width = max(width, longest)
+        if current:
+            chunks.append(current)
+        return chunks
 
     def _prepare(self, index: int, request: DecodeRequest) -> _Job:
         pos_ids = self.encode(request.pos_prompt)

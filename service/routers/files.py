@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from contrail.client.types import ErrorDetail, FileObject, Item, ItemError, TaskName
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
-from contrail.service.jobs_store import new_id, now
+from contrail.service.jobs_store import file_from_hash, new_id, now
 from contrail.service.metrics import UPLOADED_ITEMS
 from contrail.service.settings import Settings
 from contrail.service.storage import Storage, file_part_key
@@ -179,12 +179,4 @@ async def get_file(file_id: str, tenant: TenantDep, store: StoreDep) -> FileObje
     h = await store.file_hash(tenant, file_id)
     if h is None:
         raise ApiError(404, f"no file {file_id!r}")
-    return FileObject(
-        id=h["id"],
-        filename=h.get("filename") or None,
-        bytes=int(h["bytes"]),
-        lines=int(h["lines"]),
-        task=TaskName(h["task"]),
-        format=h["format"],
-        created_at=int(h["created_at"]),
-    )
+    return file_from_hash(h)

@@ -1045,6 +1045,7 @@ def _sigpipe_safe() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    code = EXIT_OK  # a reader that closes our stdout early (`| head`) is not a failure
     try:
         with _sigpipe_safe():
             code = int(args.func(args))

@@ -73,8 +73,10 @@ echo "== a few rationales"
 import json, sys, textwrap
 for line in sys.stdin:
     r = json.loads(line)
-    print(f"[{r[\"tag\"]}] Q: {r[\"question\"]}")
-    print(f"  answer {r[\"answer\"]!r} (gold {r[\"gold_answer\"]!r}), contrast {r[\"decoding\"][\"contrast_answer\"]!r}")
+    tag, question, answer, gold = r["tag"], r["question"], r["answer"], r["gold_answer"]
+    contrast = r["decoding"]["contrast_answer"]
+    print(f"[{tag}] Q: {question}")
+    print(f"  answer {answer!r} (gold {gold!r}), contrast {contrast!r}")
     print(textwrap.indent(textwrap.fill(r["rationale"].strip() or "(empty)", 96), "  "))
 '
 echo

@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -418,6 +419,34 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # Offline generation
 # ---------------------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Rationale quality of dataset files or finished jobs (a job id is downloaded first)."""
+    evaluation = _lazy("contrail.worker.evaluation", "worker")
+    with contextlib.ExitStack() as stack:
+        paths: list[Path] = []
+        for src in args.datasets:
+            if Path(src).is_file():
+                paths.append(Path(src))
+                continue
+            if Path(src).suffix in (".jsonl", ".parquet"):
+                raise UsageError(f"no such dataset file: {src}")
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrail-eval-")))
+            with _client(args) as client:  # not a file: a job id
+                paths.append(client.jobs.download(src, tmp / f"{src}.jsonl", format="jsonl"))
+        args.datasets = paths
+        return int(evaluation.run_eval(args))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """The student-training export of a dataset file (METHOD.md section 3)."""
+    if not Path(args.dataset).is_file():
+        raise UsageError(f"no such dataset file: {args.dataset}")
+    evaluation = _lazy("contrail.worker.evaluation", "worker")
+    args.dataset = Path(args.dataset)
+    args.out_dir = Path(args.out_dir)
+    return int(evaluation.run_export(args))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -973,6 +1002,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="cache folder (default CONTRAIL_CACHE_DIR)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=cmd_models_prepare)
+
+    # -- quality ------------------------------------------------------------------------------
+    p = sub.add_parser(
+        "eval",
+        parents=[conn],
+        help="rationale quality of datasets or jobs: signals, LAS (docs/QUALITY.md)",
+    )
+    p.add_argument("datasets", nargs="+", help="dataset .jsonl/.parquet files or job ids")
+    p.add_argument("--simulator", default=DEFAULT_MODEL, help="LAS simulator model or folder")
+    p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
+    p.add_argument("--calibration", choices=["batch", "none"], default="batch")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the summaries here")
+    p.add_argument("--report-dir", type=Path, default=None, help="write report.md + report.png")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "export", help="student-training export of a dataset: train/dev JSONL + Parquet"
+    )
+    p.add_argument("dataset", help="dataset .jsonl or .parquet file")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-parquet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     # -- offline ------------------------------------------------------------------------------
     p = sub.add_parser(

@@ -7,7 +7,7 @@ one definition of every record without pulling torch or vLLM into the client.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -339,3 +339,8 @@ class Manifest(BaseModel):
     wall_seconds: float
     files: dict[str, str] = Field(description="Role -> object key (dataset, parquet, errors).")
     metadata: dict[str, str] | None = None
+    quality: dict[str, Any] | None = Field(
+        default=None,
+        description="Cheap rationale-quality signals of the dataset (docs/QUALITY.md); run "
+        "`contrail eval` for LAS.",
+    )

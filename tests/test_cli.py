@@ -321,3 +321,37 @@ def test_generate_offline(tmp_path: Path, model_cache_dir: Path, tiny_model_path
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 4
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 4
+
+
+def _offline_dataset(tmp_path: Path, tiny_model_path: Path) -> Path:
+    """A real dataset from the offline generator (tiny model, reference engine)."""
+    out = tmp_path / "data.jsonl"
+    env = _env(CONTRAIL_CACHE_DIR=str(tiny_model_path.parent.parent))
+    sample = Path(__file__).resolve().parents[1] / "examples" / "strategyqa-dev-20.json"
+    ok(
+        run(
+            "generate", str(sample), "--task", "strategyqa",
+            "--model", str(tiny_model_path), "--engine", "reference", "--max-new-tokens", "8",
+            "--counterfactual-fraction", "0.5", "-o", str(out), env=env,
+        )
+    )  # fmt: skip
+    return out
+
+
+def test_eval_and_export_subcommands(tmp_path: Path, tiny_model_path: Path) -> None:
+    data = _offline_dataset(tmp_path, tiny_model_path)
+    summary = tmp_path / "quality.json"
+    ok(run("eval", str(data), "--no-las", "--json", str(summary)))
+    assert json.loads(summary.read_text()), "eval --json should write the summaries"
+
+    out_dir = tmp_path / "student"
+    ok(run("export", str(data), "--out-dir", str(out_dir)))
+    exported = list(out_dir.glob("*.jsonl"))
+    assert exported, "export should write train/dev JSONL"
+    rows = [json.loads(line) for f in exported for line in f.open()]
+    source = [json.loads(line) for line in data.open()]
+    assert len(rows) == len(source)
+    assert all(r["input"].startswith(("[factual]", "[counterfactual]")) for r in rows)
+
+    failed(run("eval", str(tmp_path / "missing.jsonl")), 2)
+    failed(run("export", str(tmp_path / "missing.jsonl"), "--out-dir", str(out_dir)), 2)

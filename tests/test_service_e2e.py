@@ -73,6 +73,9 @@ def check_dataset(stack: Stack, job_id: str, job: dict[str, Any], n: int) -> lis
     } or manifest.counts_by_tag == {"factual": n}
     assert manifest.usage.completion_tokens == sum(r["completion_tokens"] for r in records)
     assert manifest.engine_seconds > 0 and manifest.wall_seconds >= 0
+    assert manifest.quality is not None, "the manifest carries the dataset's quality signals"
+    assert manifest.quality["records"] == len(records)
+    assert manifest.quality["counts_by_tag"] == manifest.counts_by_tag
     assert storage.get(f"{base}/errors.jsonl") == b""
     return records
 

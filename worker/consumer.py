@@ -58,6 +58,8 @@ from contrail.service.settings import Settings, get_settings
 from contrail.service.storage import Storage, dataset_keys, shard_errors_key, shard_key
 from contrail.worker.dataset_writer import RECORD_SCHEMA
 from contrail.worker.engine.base import DecodeRequest, Engine
+from contrail.worker.eval_signals import RecordSignals, record_signals
+from contrail.worker.evaluation import summary_from_signals
 from contrail.worker.pipeline import Plan, plan, to_records
 
 log = logging.getLogger("contrail.worker")
@@ -546,6 +548,7 @@ class Worker:
         ks = dataset_keys(job_id)
         completed = failed = ptok = ctok = 0
         by_tag: dict[str, int] = {}
+        signals: list[RecordSignals] = []
         with tempfile.TemporaryDirectory(prefix="contrail-final-") as tmp:
             jsonl_path = Path(tmp) / "dataset.jsonl"
             pq_path = Path(tmp) / "dataset.parquet"
@@ -562,6 +565,7 @@ class Worker:
                     ptok += int(rec.get("prompt_tokens", 0))
                     ctok += int(rec.get("completion_tokens", 0))
                     by_tag[rec["tag"]] = by_tag.get(rec["tag"], 0) + 1
+                    signals.append(record_signals(RationaleRecord.model_validate(rec)))
                     batch.append(rec)
                     if len(batch) >= 10_000:
                         writer.write_table(pa.Table.from_pylist(batch, RECORD_SCHEMA))
@@ -596,6 +600,7 @@ class Worker:
             wall_seconds=round(wall, 3),
             files={"dataset": ks["dataset"], "parquet": ks["parquet"], "errors": ks["errors"]},
             metadata=json.loads(job["metadata"]) if job.get("metadata") else None,
+            quality=summary_from_signals(signals).model_dump(mode="json"),
         )
         self.storage.put(ks["manifest"], manifest.model_dump_json(indent=2).encode())
         self._retry(

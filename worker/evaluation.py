@@ -1,0 +1,327 @@
+"""Rationale quality of a dataset: cheap signals, optional LAS, comparison reports, and the
+`eval` / `export` command lines.
+
+    from contrail.worker.evaluation import summarize, LikelihoodSimulator
+    summary = summarize(records)                                   # cheap signals only
+    summary = summarize(records, simulator=LikelihoodSimulator())  # + LAS (loads a model)
+
+`summarize` is what a job finalizer calls; `QualitySummary` is JSON-ready (pydantic) for the
+manifest. Definitions: docs/QUALITY.md, `contrail.worker.eval_signals`, `contrail.worker.eval_las`.
+
+Command line (the `contrail eval` / `contrail export` subcommands call these):
+
+    python -m contrail.worker.evaluation eval runs/a.jsonl [runs/b.jsonl ...] [--simulator MODEL]
+        [--no-las] [--calibration batch|none] [--json out.json] [--report-dir DIR]
+    python -m contrail.worker.evaluation export runs/a.jsonl --out-dir runs/a-student
+        [--dev-fraction 0.1] [--seed 0] [--no-parquet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel
+
+from contrail.client.types import RationaleRecord
+from contrail.worker.eval_las import (
+    DEFAULT_BOOTSTRAP,
+    Calibration,
+    Estimate,
+    LasResult,
+    LikelihoodSimulator,
+    Simulator,
+    evaluate_las,
+)
+from contrail.worker.eval_signals import (
+    RecordSignals,
+    SignalSummary,
+    record_signals,
+    summarize_signals,
+)
+from contrail.worker.export import export_student, load_records
+
+if TYPE_CHECKING:
+    from contrail.worker.eval_las import SimulatedRecord
+
+QUALITY_SCHEMA_VERSION = "1"
+
+
+class QualitySummary(BaseModel):
+    """A dataset's rationale quality: counts, cheap signals (all and per tag), LAS if computed."""
+
+    schema_version: str = QUALITY_SCHEMA_VERSION
+    records: int
+    error_records: int
+    counts_by_tag: dict[str, int]
+    signals: SignalSummary
+    signals_by_tag: dict[str, SignalSummary]
+    las: LasResult | None = None
+
+
+def summarize(
+    records: Sequence[RationaleRecord],
+    simulator: Simulator | None = None,
+    *,
+    calibration: Calibration = "batch",
+    bootstrap_reps: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> QualitySummary:
+    """Quality summary of `records`; LAS only when a `simulator` is given (it runs a model)."""
+    ok = [r for r in records if r.error is None]
+    las = None
+    if simulator is not None:
+        las, _ = evaluate_las(
+            ok, simulator, calibration=calibration, reps=bootstrap_reps, seed=seed
+        )
+    summary = summary_from_signals([record_signals(r) for r in ok], len(records) - len(ok))
+    summary.las = las
+    return summary
+
+
+def summary_from_signals(
+    signals: Sequence[RecordSignals], error_records: int = 0
+) -> QualitySummary:
+    """The cheap part of `summarize`, from per-record signals (the job finalizer computes them
+    while it streams the dataset, so it never holds the records themselves)."""
+    tags = sorted({s.tag for s in signals})
+    return QualitySummary(
+        records=len(signals) + error_records,
+        error_records=error_records,
+        counts_by_tag=dict(sorted(Counter(s.tag for s in signals).items())),
+        signals=summarize_signals(signals),
+        signals_by_tag={t: summarize_signals([s for s in signals if s.tag == t]) for t in tags},
+    )
+
+
+def evaluate_file(
+    path: Path,
+    simulator: Simulator | None = None,
+    *,
+    calibration: Calibration = "batch",
+    bootstrap_reps: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+    details_path: Path | None = None,
+) -> QualitySummary:
+    """`summarize` a dataset file; `details_path` gets one JSON line per record (signals, and the
+    simulator's predictions when LAS runs)."""
+    records = load_records(path)
+    summary = summarize(
+        records, simulator, calibration=calibration, bootstrap_reps=bootstrap_reps, seed=seed
+    )
+    if details_path is not None:
+        simulated: dict[tuple[str, str], SimulatedRecord] = {}
+        if simulator is not None:
+            ok = [r for r in records if r.error is None]
+            # Scores are cached inside the simulator, so this costs no second model pass.
+            _, sims = evaluate_las(ok, simulator, calibration=calibration, reps=0, seed=seed)
+            simulated = {(s.item_id, s.tag): s for s in sims}
+        details_path.parent.mkdir(parents=True, exist_ok=True)
+        with details_path.open("w", encoding="utf-8") as fh:
+            for rec in records:
+                if rec.error is not None:
+                    continue
+                row = record_signals(rec).model_dump()
+                sim = simulated.get((rec.item_id, rec.tag.value))
+                if sim is not None:
+                    row |= {"pred_qr": sim.pred_qr, "pred_q": sim.pred_q, "pred_r": sim.pred_r}
+                    row["target"] = sim.target
+                fh.write(json.dumps(row) + "\n")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison reports
+# ---------------------------------------------------------------------------------------------
+
+ComparisonRow = tuple[str, str, QualitySummary]  # (group e.g. task, variant e.g. mode, summary)
+
+
+def _fmt(e: Estimate | None, pct: bool = False) -> str:
+    if e is None or math.isnan(e.value):
+        return "-"
+    k = 100.0 if pct else 1.0
+    digits = 1 if pct else 3
+    return f"{e.value * k:.{digits}f} [{e.low * k:.{digits}f}, {e.high * k:.{digits}f}]"
+
+
+def _num(e: Estimate | None) -> str:
+    return "-" if e is None or math.isnan(e.value) else f"{e.value:.3f}"
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def comparison_table(rows: Sequence[ComparisonRow]) -> str:
+    """A markdown table: one row per dataset; LAS and accuracies with 95% bootstrap CIs."""
+    head = (
+        "| task | mode | n | LAS [95% CI] | acc Q+R % | acc Q % | acc R = leak % "
+        "| gain leaked | gain non-leaked | words (mean) | restates % | names other % |\n"
+        "|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for group, variant, s in rows:
+        las = s.las
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    group,
+                    variant,
+                    str(las.scored if las else s.signals.records),
+                    _fmt(las.las if las else None),
+                    _fmt(las.acc_qr if las else None, pct=True),
+                    _fmt(las.acc_q if las else None, pct=True),
+                    _fmt(las.leak_rate if las else None, pct=True),
+                    _num(las.gain_leaked if las else None),
+                    _num(las.gain_nonleaked if las else None),
+                    f"{s.signals.mean_words:.1f}",
+                    _rate(s.signals.restate_rate),
+                    _rate(s.signals.names_other_choice_rate),
+                ]
+            )
+            + " |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def comparison_chart(rows: Sequence[ComparisonRow], path: Path, title: str | None = None) -> Path:
+    """A PNG of grouped bars (groups x variants) for LAS, acc Q+R, leak rate, restates and
+    names-other rates; CI whiskers where the metric has a bootstrap CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    groups = list(dict.fromkeys(g for g, _, _ in rows))
+    variants = list(dict.fromkeys(v for _, v, _ in rows))
+    table = {(g, v): s for g, v, s in rows}
+    panels: list[tuple[str, str]] = [
+        ("LAS", "las"),
+        ("simulator acc Q+R", "acc_qr"),
+        ("leak rate (acc R)", "leak_rate"),
+        ("restates (share)", "restate"),
+        ("names other choice (share)", "names_other"),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+    width = 0.8 / max(1, len(variants))
+    x = np.arange(len(groups))
+    for ax, (label, key) in zip(axes, panels, strict=True):
+        for k, variant in enumerate(variants):
+            vals, lows, highs = [], [], []
+            for g in groups:
+                s = table.get((g, variant))
+                est: Estimate | None = None
+                val = math.nan
+                if s is not None and key in ("las", "acc_qr", "leak_rate") and s.las is not None:
+                    est = getattr(s.las, key)
+                    val = est.value
+                elif s is not None and key == "restate":
+                    val = s.signals.restate_rate
+                elif s is not None and key == "names_other":
+                    val = s.signals.names_other_choice_rate or 0.0
+                vals.append(val)
+                lows.append(val - est.low if est else 0.0)
+                highs.append(est.high - val if est else 0.0)
+            ax.bar(
+                x + (k - (len(variants) - 1) / 2) * width,
+                vals,
+                width,
+                yerr=[lows, highs] if any(lows) or any(highs) else None,
+                capsize=3,
+                label=variant,
+            )
+        ax.set_title(label, fontsize=10)
+        ax.set_xticks(x, groups)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+    if any(variants):
+        axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("datasets", nargs="+", type=Path, help="dataset .jsonl or .parquet files")
+    p.add_argument("--simulator", default="smollm2-135m", help="simulator model name or folder")
+    p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
+    p.add_argument("--calibration", choices=["batch", "none"], default="batch")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the summaries here")
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="write report.md + report.png here"
+    )
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="dataset .jsonl or .parquet file")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-parquet", action="store_true")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    simulator = None if args.no_las else LikelihoodSimulator(args.simulator)
+    summaries: dict[str, QualitySummary] = {}
+    for path in args.datasets:
+        summaries[str(path)] = evaluate_file(
+            path,
+            simulator,
+            calibration=args.calibration,
+            bootstrap_reps=args.bootstrap,
+            seed=args.seed,
+        )
+    rows = [("", Path(p).stem, s) for p, s in summaries.items()]
+    print(comparison_table(rows), end="")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {p: s.model_dump(mode="json") for p, s in summaries.items()}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    if args.report_dir is not None:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        (args.report_dir / "report.md").write_text(comparison_table(rows), encoding="utf-8")
+        comparison_chart(rows, args.report_dir / "report.png")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    summary = export_student(
+        load_records(args.dataset),
+        args.out_dir,
+        dev_fraction=args.dev_fraction,
+        seed=args.seed,
+        parquet=not args.no_parquet,
+    )
+    print(summary.model_dump_json(indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m contrail.worker.evaluation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_eval_arguments(sub.add_parser("eval", help="rationale quality (signals + LAS)"))
+    add_export_arguments(sub.add_parser("export", help="student-training export"))
+    args = parser.parse_args(argv)
+    return run_eval(args) if args.command == "eval" else run_export(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""Student-training export in the paper's format (METHOD.md section 3; docs/QUALITY.md shows how
+to load it with Hugging Face `datasets`).
+
+    input:  "[factual] <question> \\n (A) <c1> (B) <c2> ..."
+    target: "[factual] <rationale> So the answer is <answer>"
+
+Counterfactual records use "[counterfactual]"; the answer is the record's `answer` (the one its
+rationale argues for). Options are the record's choices (StrategyQA and CREAK records carry
+yes/no and true/false); a free-form record's input is the tagged question alone.
+
+Each row keeps `item_id`, `tag`, `task`, `answer`, `gold_answer`, `rationale` and `source_index`
+(the 0-based position of the source record among the dataset's records), so every exported row
+maps back to the record it came from. Records with an `error` are not exported.
+
+Train/dev split (`train.*`, `dev.*`; a split without rows gets no files): by item id (SHA-256
+of seed and id, like every random choice in contrail), so the factual and counterfactual
+rationales of one item always land in the same split.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from contrail.client.types import RationaleRecord
+from contrail.worker.tasks.perturb import unit_hash
+
+Split = Literal["train", "dev"]
+_SPLIT_SALT: Final = "student-split"
+
+STUDENT_SCHEMA = pa.schema(
+    [
+        ("input", pa.string()),
+        ("target", pa.string()),
+        ("tag", pa.string()),
+        ("item_id", pa.string()),
+        ("task", pa.string()),
+        ("answer", pa.string()),
+        ("gold_answer", pa.string()),
+        ("rationale", pa.string()),
+        ("source_index", pa.int64()),
+        ("split", pa.string()),
+    ]
+)
+
+
+class StudentRow(BaseModel):
+    input: str
+    target: str
+    tag: str
+    item_id: str
+    task: str
+    answer: str
+    gold_answer: str
+    rationale: str
+    source_index: int
+    split: Split
+
+
+def option_label(index: int) -> str:
+    return chr(ord("A") + index) if index < 26 else str(index + 1)
+
+
+def student_input(record: RationaleRecord) -> str:
+    text = f"[{record.tag.value}] {record.question.strip()}"
+    if record.choices:
+        options = " ".join(f"({option_label(i)}) {c}" for i, c in enumerate(record.choices))
+        text += f" \\n {options}"
+    return text
+
+
+def student_target(record: RationaleRecord) -> str:
+    rationale = " ".join(record.rationale.split())
+    return f"[{record.tag.value}] {rationale} So the answer is {record.answer}"
+
+
+def split_of(item_id: str, dev_fraction: float, seed: int) -> Split:
+    return "dev" if unit_hash(_SPLIT_SALT, seed, item_id) < dev_fraction else "train"
+
+
+def to_student_rows(
+    records: Sequence[RationaleRecord], *, dev_fraction: float = 0.1, seed: int = 0
+) -> list[StudentRow]:
+    if not 0.0 <= dev_fraction <= 1.0:
+        raise ValueError("dev_fraction must be in [0, 1]")
+    return [
+        StudentRow(
+            input=student_input(rec),
+            target=student_target(rec),
+            tag=rec.tag.value,
+            item_id=rec.item_id,
+            task=rec.task.value,
+            answer=rec.answer,
+            gold_answer=rec.gold_answer,
+            rationale=rec.rationale,
+            source_index=i,
+            split=split_of(rec.item_id, dev_fraction, seed),
+        )
+        for i, rec in enumerate(records)
+        if rec.error is None
+    ]
+
+
+class ExportSummary(BaseModel):
+    """What `export_student` wrote."""
+
+    source_records: int
+    exported: int
+    skipped_errors: int
+    counts: dict[str, dict[str, int]]  # split -> tag -> rows
+    files: dict[str, str]  # "<split>.jsonl" / "<split>.parquet" -> path
+
+
+def export_student(
+    records: Sequence[RationaleRecord],
+    out_dir: Path,
+    *,
+    dev_fraction: float = 0.1,
+    seed: int = 0,
+    parquet: bool = True,
+) -> ExportSummary:
+    """Write `train.jsonl`/`dev.jsonl` (+ `.parquet`) under `out_dir` and a `manifest.json`.
+
+    Old split files in `out_dir` are removed first, so the folder always holds one export."""
+    rows = to_student_rows(records, dev_fraction=dev_fraction, seed=seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in ("train.jsonl", "train.parquet", "dev.jsonl", "dev.parquet"):
+        (out_dir / old).unlink(missing_ok=True)
+    files: dict[str, str] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for split in ("train", "dev"):
+        part = [r for r in rows if r.split == split]
+        counts[split] = dict(sorted(Counter(r.tag for r in part).items()))
+        if not part:
+            # No file for an empty split: `datasets` cannot read a Parquet file without rows.
+            continue
+        path = out_dir / f"{split}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for row in part:
+                fh.write(row.model_dump_json() + "\n")
+        files[f"{split}.jsonl"] = str(path)
+        if parquet:
+            ppath = out_dir / f"{split}.parquet"
+            table = pa.Table.from_pylist([r.model_dump() for r in part], STUDENT_SCHEMA)
+            pq.write_table(table, ppath, compression="zstd")
+            files[f"{split}.parquet"] = str(ppath)
+    summary = ExportSummary(
+        source_records=len(records),
+        exported=len(rows),
+        skipped_errors=len(records) - len(rows),
+        counts=counts,
+        files=files,
+    )
+    manifest = {
+        "format": "scott-student-v1",
+        "dev_fraction": dev_fraction,
+        "seed": seed,
+        **summary.model_dump(),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+def load_records(path: Path) -> list[RationaleRecord]:
+    """Records of a contrail dataset file (`.jsonl` or `.parquet`)."""
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+        return [RationaleRecord.model_validate(row) for row in table.to_pylist()]
+    with path.open(encoding="utf-8") as fh:
+        return [RationaleRecord.model_validate_json(line) for line in fh if line.strip()]
+
+
+__all__ = [
+    "STUDENT_SCHEMA",
+    "ExportSummary",
+    "StudentRow",
+    "export_student",
+    "load_records",
+    "split_of",
+    "student_input",
+    "student_target",
+    "to_student_rows",
+]

@@ -100,6 +100,8 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
         self._rows: dict[int, _Row] = {}
         self._aborted: set[str] = set()
         self._device = device
+        self._stop_rules: dict[tuple[int, tuple[str, ...]], StopRule] = {}
+        self._layout: _Layout | None = None
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
@@ -117,6 +119,7 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
     def update_state(self, batch_update: BatchUpdate | None) -> None:
         if batch_update is None:
             return
+        self._layout = None  # rows came, went or moved: pair them up again at the next apply
         for index in batch_update.removed:
             self._forget(index)
         for index, params, _prompt_ids, output_ids in batch_update.added:
@@ -124,8 +127,7 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
             if spec is None:
                 self._forget(index)
                 continue
-            rule = StopRule.build(self._texts, (spec.eos,), spec.stop)
-            self._rows[index] = _Row(spec=spec, output_ids=output_ids, rule=rule)
+            self._rows[index] = _Row(spec=spec, output_ids=output_ids, rule=self._rule(spec))
         for a, b, direction in batch_update.moved:
             row_a = self._rows.pop(a, None)
             row_b = self._rows.pop(b, None)
@@ -134,68 +136,168 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
             if row_b is not None and direction == MoveDirectionality.SWAP:
                 self._rows[a] = row_b
 
+    def _rule(self, spec: PairSpec) -> StopRule:
+        key = (spec.eos, spec.stop)
+        rule = self._stop_rules.get(key)
+        if rule is None:
+            rule = StopRule.build(self._texts, (spec.eos,), spec.stop)
+            self._stop_rules[key] = rule
+        return rule
+
     def _forget(self, index: int) -> None:
         row = self._rows.pop(index, None)
         if row is not None and not any(r.spec.key == row.spec.key for r in self._rows.values()):
             self._aborted.discard(row.spec.key)
 
+    def _pair_up(self, num_rows: int, device: torch.device) -> _Layout:
+        """Which rows form pairs: rebuilt only when the batch changed (update_state)."""
+        members: dict[str, list[int | None]] = {}
+        for index, row in self._rows.items():
+            if index < num_rows:
+                members.setdefault(row.spec.key, [None, None])[row.spec.role] = index
+        lone: list[tuple[int, int]] = []
+        pairs: list[_PairRows] = []
+        for key, (pos, neg) in members.items():
+            if pos is None or neg is None:
+                single = pos if pos is not None else neg
+                assert single is not None
+                lone.append((single, self._rows[single].spec.eos))
+            else:
+                pairs.append(_PairRows(key, pos, neg, self._rows[pos], self._rows[neg]))
+        return _Layout(num_rows, lone, pairs, _PairTensors.build(pairs, device))
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self._rows:
             return logits
-        members: dict[str, list[int | None]] = {}
-        for index, row in self._rows.items():
-            if index < logits.shape[0]:
-                members.setdefault(row.spec.key, [None, None])[row.spec.role] = index
+        num_rows = int(logits.shape[0])
+        layout = self._layout
+        if layout is None or layout.num_rows != num_rows or layout.device != logits.device:
+            layout = self._layout = self._pair_up(num_rows, logits.device)
 
-        forced: list[tuple[int, int, float]] = []  # (row, token, code)
-        to_choose: list[tuple[int, int]] = []
-        for key, (pos, neg) in members.items():
-            if pos is None or neg is None:
-                lone = pos if pos is not None else neg
-                assert lone is not None
-                forced.append((lone, self._rows[lone].spec.eos, ABORT_CODE))
+        rows: list[int] = []
+        tokens: list[int] = []
+        codes: list[float] = []
+        for lone, eos in layout.lone:
+            rows.append(lone)
+            tokens.append(eos)
+            codes.append(ABORT_CODE)
+        to_choose: list[int] = []  # positions in layout.pairs
+        tails: list[str] = []
+        aborted = self._aborted
+        for k, pair in enumerate(layout.pairs):
+            row_p, row_n = pair.row_p, pair.row_n
+            if pair.key in aborted or len(row_p.output_ids) != len(row_n.output_ids):
+                aborted.add(pair.key)
+                rows += (pair.pos, pair.neg)
+                tokens += (row_p.spec.eos, row_n.spec.eos)
+                codes += (ABORT_CODE, ABORT_CODE)
                 continue
-            row_p, row_n = self._rows[pos], self._rows[neg]
-            if key in self._aborted or len(row_p.output_ids) != len(row_n.output_ids):
-                self._aborted.add(key)
-                forced += [(pos, row_p.spec.eos, ABORT_CODE), (neg, row_n.spec.eos, ABORT_CODE)]
+            # The recent text once per pair and step: both "has it ended?" and the tail for the
+            # stop decision come from it (StopRule.ended / StopRule.tail_of on the same ids).
+            rule = row_p.rule
+            text = rule.text_of(row_p.recent())
+            if any(s in text for s in rule.stop):
+                rows += (pair.pos, pair.neg)
+                tokens += (row_p.spec.eos, row_n.spec.eos)
+                codes += (VALID_CODE, VALID_CODE)
                 continue
-            if row_p.rule.ended(row_p.recent()):
-                forced += [(pos, row_p.spec.eos, VALID_CODE), (neg, row_n.spec.eos, VALID_CODE)]
-                continue
-            to_choose.append((pos, neg))
+            to_choose.append(k)
+            tails.append(text[-rule.tail_len :] if rule.tail_len else "")
 
         if to_choose:
-            forced += self._choose(logits, to_choose)
-        if forced:
-            rows = torch.tensor([f[0] for f in forced], device=logits.device)
-            tokens = torch.tensor([f[1] for f in forced], device=logits.device)
-            codes = torch.tensor([f[2] for f in forced], device=logits.device, dtype=logits.dtype)
-            logits[rows] = -math.inf
-            logits[rows, tokens] = codes
+            self._choose(logits, layout, to_choose, tails, rows, tokens, codes)
+        if rows:
+            device = logits.device
+            index = torch.tensor(rows, device=device)
+            logits.index_fill_(0, index, -math.inf)
+            logits.index_put_(
+                (index, torch.tensor(tokens, device=device)),
+                torch.tensor(codes, device=device, dtype=logits.dtype),
+            )
         return logits
 
     def _choose(
-        self, logits: torch.Tensor, pairs: list[tuple[int, int]]
-    ) -> list[tuple[int, int, float]]:
-        specs = [self._rows[p].spec for p, _ in pairs]
-        pos_idx = torch.tensor([p for p, _ in pairs], device=logits.device)
-        neg_idx = torch.tensor([n for _, n in pairs], device=logits.device)
+        self,
+        logits: torch.Tensor,
+        layout: _Layout,
+        to_choose: list[int],
+        tails: list[str],
+        rows: list[int],
+        tokens: list[int],
+        codes: list[float],
+    ) -> None:
+        """Pick the token of every pair in `to_choose`; appends (row, token, code) entries."""
+        t = layout.tensors
+        if len(to_choose) == len(layout.pairs):  # the usual step: every pair chooses
+            pos_idx, neg_idx, lam, alpha, temperature = (
+                t.pos_idx,
+                t.neg_idx,
+                t.lam,
+                t.alpha,
+                t.temperature,
+            )
+        else:
+            sel = torch.tensor(to_choose, device=logits.device)
+            pos_idx, neg_idx = t.pos_idx[sel], t.neg_idx[sel]
+            lam, alpha, temperature = t.lam[sel], t.alpha[sel], t.temperature[sel]
+        chosen, plain = contrastive_choice(
+            logits[pos_idx], logits[neg_idx], lam, alpha, temperature
+        )
+        pairs = layout.pairs
+        for k, tail, c, p in zip(to_choose, tails, chosen.tolist(), plain.tolist(), strict=True):
+            pair = pairs[k]
+            row = pair.row_p
+            action, _ = row.rule.decide(tail, c, p)
+            token = row.spec.eos if action is Action.STOP else c
+            rows += (pair.pos, pair.neg)
+            tokens += (token, token)
+            codes += (VALID_CODE, VALID_CODE)
+
+
+@dataclass(frozen=True)
+class _PairRows:
+    key: str
+    pos: int
+    neg: int
+    row_p: _Row
+    row_n: _Row
+
+
+@dataclass(frozen=True)
+class _PairTensors:
+    """Per-pair index and settings columns, built once per batch layout."""
+
+    pos_idx: torch.Tensor
+    neg_idx: torch.Tensor
+    lam: torch.Tensor
+    alpha: torch.Tensor
+    temperature: torch.Tensor
+
+    @classmethod
+    def build(cls, pairs: list[_PairRows], device: torch.device) -> _PairTensors:
+        specs = [p.row_p.spec for p in pairs]
 
         def column(values: list[float]) -> torch.Tensor:
-            return torch.tensor(values, device=logits.device, dtype=torch.float32)
+            return torch.tensor(values, device=device, dtype=torch.float32)
 
-        chosen, plain = contrastive_choice(
-            logits[pos_idx],
-            logits[neg_idx],
-            column([s.lam for s in specs]),
-            column([s.alpha for s in specs]),
-            column([s.temperature for s in specs]),
+        return cls(
+            pos_idx=torch.tensor([p.pos for p in pairs], device=device, dtype=torch.long),
+            neg_idx=torch.tensor([p.neg for p in pairs], device=device, dtype=torch.long),
+            lam=column([s.lam for s in specs]),
+            alpha=column([s.alpha for s in specs]),
+            temperature=column([s.temperature for s in specs]),
         )
-        forced: list[tuple[int, int, float]] = []
-        for (pos, neg), c, p in zip(pairs, chosen.tolist(), plain.tolist(), strict=True):
-            row = self._rows[pos]
-            action, _ = row.rule.decide(row.rule.tail_of(row.recent()), c, p)
-            token = row.spec.eos if action is Action.STOP else c
-            forced += [(pos, token, VALID_CODE), (neg, token, VALID_CODE)]
-        return forced
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The pairing of the persistent batch's rows, valid until the next batch update."""
+
+    num_rows: int
+    lone: list[tuple[int, int]]  # (row, eos) of rows whose partner is not in the batch
+    pairs: list[_PairRows]
+    tensors: _PairTensors
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors.pos_idx.device

@@ -48,6 +48,8 @@ class VllmOptions:
     max_attempts: int = 6
     in_process: bool = True
     enforce_eager: bool = False  # skip torch.compile: ~10 s faster start, slower decoding
+    # Admission counts a full prompt block shared by members of a wave once (prefix caching).
+    shared_prefix_admission: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,31 +266,55 @@ class VllmPairEngine(Engine):
         )
 
     def _waves(self, pairs: list[_Pair], attempt: int) -> list[list[_Pair]]:
-        """Split pairs into waves that fit max_num_seqs and the KV cache; halve on each retry."""
+        """Split pairs into waves that fit max_num_seqs and the KV cache; halve on each retry.
+
+        With `shared_prefix_admission` (default) a full prompt block that several members of a
+        wave share (the few-shot prefix; the question both contexts repeat) is counted once, as
+        vLLM's prefix cache stores it once; otherwise every member counts its whole prompt.
+        """
         max_pairs = max(1, (self.options.max_num_seqs // 2) >> attempt)
+        shared = self.options.shared_prefix_admission
         waves: list[list[_Pair]] = []
         current: list[_Pair] = []
         used = 0
+        seen: set[int] = set()  # full prompt blocks already counted in the current wave
         for pair in pairs:
-            need = self._kv_need(pair)
+            need, blocks = self._kv_need(pair, seen if shared else None)
             if current and (len(current) >= max_pairs or used + need > self._kv_tokens):
                 waves.append(current)
-                current, used = [], 0
+                current, used, seen = [], 0, set()
+                need, blocks = self._kv_need(pair, seen if shared else None)
             current.append(pair)
             used += need
+            seen |= blocks
         if current:
             waves.append(current)
         return waves
 
-    def _kv_need(self, pair: _Pair) -> int:
-        """KV tokens a pair can occupy at its longest (both members, full rationale)."""
+    def _kv_need(self, pair: _Pair, seen: set[int] | None = None) -> tuple[int, set[int]]:
+        """KV tokens a pair can occupy at its longest (both members, full rationale).
+
+        With `seen` (block keys of full prompt blocks already counted in the wave) a full prompt
+        block is counted only once; returns the need and the new block keys.
+        """
         block = self.options.block_size
         remaining = pair.request.settings.max_new_tokens - len(pair.agreed)
         total = 0
+        new: set[int] = set()
         for ids in (pair.pos_ids, pair.neg_ids):
-            length = len(ids) + len(pair.agreed) + remaining
-            total += -(-length // block) * block
-        return total
+            prompt = ids + pair.agreed
+            blocks = -(-(len(prompt) + remaining) // block)
+            if seen is not None:
+                key = 0
+                for start in range(0, len(prompt) - block + 1, block):
+                    # A block's content depends on everything before it, as in vLLM's block hash.
+                    key = hash((key, tuple(prompt[start : start + block])))
+                    if key in seen or key in new:
+                        blocks -= 1
+                    else:
+                        new.add(key)
+            total += blocks * block
+        return total, new
 
     def _run_wave(self, wave: list[_Pair]) -> list[tuple[_Pair, DecodeResult | None]]:
         from vllm import SamplingParams, TokensPrompt

@@ -267,21 +267,30 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return EXIT_OK
         if not args.json:
             print(f"job       {job.id}")
-        job = client.jobs.wait(
-            job.id,
-            timeout=args.wait_timeout,
-            poll_interval=args.poll_interval,
-            progress=not args.no_progress and sys.stderr.isatty(),
-        )
-        if args.json:
-            _print_json(job)
-        else:
-            _print_job(job)
+        job = _wait_job(client, job.id, args)
+        _show_job(job, args)
         code = _finish_wait(job)
         if code == EXIT_OK and args.output:
             out = client.jobs.download(job.id, args.output)
             print(f"saved     {out}")
         return code
+
+
+def _show_job(job: Job, args: argparse.Namespace) -> None:
+    if args.json:
+        _print_json(job)
+    else:
+        _print_job(job)
+
+
+def _wait_job(client: Client, job_id: str, args: argparse.Namespace) -> Job:
+    """Wait with the progress bar on an interactive terminal (`--no-progress` turns it off)."""
+    return client.jobs.wait(
+        job_id,
+        timeout=args.wait_timeout,
+        poll_interval=args.poll_interval,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
 
 
 def _parse_metadata(pairs: Sequence[str] | None) -> dict[str, str] | None:
@@ -299,25 +308,14 @@ def _parse_metadata(pairs: Sequence[str] | None) -> dict[str, str] | None:
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.jobs.retrieve(args.job_id)
-    if args.json:
-        _print_json(job)
-    else:
-        _print_job(job)
+    _show_job(job, args)
     return EXIT_OK
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        job = client.jobs.wait(
-            args.job_id,
-            timeout=args.wait_timeout,
-            poll_interval=args.poll_interval,
-            progress=not args.no_progress and sys.stderr.isatty(),
-        )
-    if args.json:
-        _print_json(job)
-    else:
-        _print_job(job)
+        job = _wait_job(client, args.job_id, args)
+    _show_job(job, args)
     return _finish_wait(job)
 
 

@@ -18,7 +18,6 @@ build can be exercised in this project's CI.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -350,10 +349,8 @@ class VllmPairEngine(Engine):
                         extra_args=spec.to_extra(),
                     )
                 )
-        start = time.perf_counter()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         self.stats.waves += 1
-        self.decode_seconds = getattr(self, "decode_seconds", 0.0) + time.perf_counter() - start
         return [
             (pair, self._check_pair(pair, outputs[2 * k], outputs[2 * k + 1]))
             for k, pair in enumerate(wave)

@@ -35,6 +35,7 @@ FROM base AS source
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY service ./service
+COPY core ./core
 COPY worker ./worker
 
 # ---------------------------------------------------------------------------------------------

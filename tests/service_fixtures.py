@@ -113,7 +113,7 @@ class Stack:
 
     # ---- storage (read back what the workers wrote)
     def storage(self) -> Any:
-        from contrail.service.storage import Storage
+        from contrail.core.storage import Storage
 
         for k, v in self.s3.env().items():
             os.environ[k] = v
@@ -178,7 +178,7 @@ def announce_worker(stack: Stack, model: str = MODEL, ttl: float = 600) -> None:
     """Register a pretend live worker for `model` (jobs are accepted, nothing decodes them)."""
     import redis
 
-    from contrail.service import keys
+    from contrail.core.jobs import keys
 
     r = redis.Redis.from_url(stack.valkey.url)
     wid = f"fake-{uuid.uuid4().hex[:6]}"

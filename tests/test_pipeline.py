@@ -19,6 +19,14 @@ from contrail.client.types import (
     Tag,
     TaskName,
 )
+from contrail.core.tasks.formats import load_items
+from contrail.core.tasks.perturb import (
+    PerturbationError,
+    contrast_answer,
+    counterfactual_answer,
+    is_counterfactual,
+    pick_wrong_answer,
+)
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine, EngineStats
 from contrail.worker.pipeline import (
     error_code,
@@ -27,14 +35,6 @@ from contrail.worker.pipeline import (
     request_id,
     split_request_id,
     to_records,
-)
-from contrail.worker.tasks.formats import load_items
-from contrail.worker.tasks.perturb import (
-    PerturbationError,
-    contrast_answer,
-    counterfactual_answer,
-    is_counterfactual,
-    pick_wrong_answer,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from contrail.client.types import Demonstration, Item, TaskName
-from contrail.worker.tasks.demos import (
+from contrail.core.tasks.demos import (
     DemoSelector,
     PoolEntry,
     builtin_pool,
     demonstration_pool,
     pool_from_items,
 )
-from contrail.worker.tasks.prompts import PromptTemplate, TemplateError, build_prompt
+from contrail.core.tasks.prompts import PromptTemplate, TemplateError, build_prompt
 
 CSQA_DEMO = Demonstration(
     question="What do people use to absorb extra ink from a fountain pen?",

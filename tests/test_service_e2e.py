@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contrail.client.types import Manifest
-from contrail.worker.tasks.perturb import is_counterfactual
+from contrail.core.tasks.perturb import is_counterfactual
 from tests.service_fixtures import Stack, items_jsonl, read_jsonl
 
 N_ITEMS = 40

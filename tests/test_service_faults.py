@@ -9,7 +9,7 @@ from typing import Any
 
 import redis
 
-from contrail.service import keys
+from contrail.core.jobs import keys
 from tests.service_fixtures import Stack, items_jsonl, read_jsonl
 
 SLOW = {"max_new_tokens": 48, "counterfactual_fraction": 0.25}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from contrail.client.types import Item, ItemError, TaskName
-from contrail.worker.tasks.formats import LineParser, detect_format, load_items, parse_line
+from contrail.core.tasks.formats import LineParser, detect_format, load_items, parse_line
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -282,8 +282,8 @@ def test_parse_line_for_streaming_validation() -> None:
 
 def test_task_modules_import_without_torch() -> None:
     code = (
-        "import sys, contrail.worker.tasks.formats, contrail.worker.tasks.prompts, "
-        "contrail.worker.tasks.demos, contrail.worker.tasks.perturb, contrail.worker.pipeline\n"
+        "import sys, contrail.core.tasks.formats, contrail.core.tasks.prompts, "
+        "contrail.core.tasks.demos, contrail.core.tasks.perturb, contrail.worker.pipeline\n"
         "heavy = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )

@@ -24,11 +24,11 @@ from contrail.client.types import (
     Tag,
     TaskName,
 )
+from contrail.core.tasks.formats import load_items
 from contrail.worker import pipeline
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult
 from contrail.worker.engine.reference import ReferenceEngine
 from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
-from contrail.worker.tasks.formats import load_items
 
 from .oracle import cfg_generate
 

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from contrail.client.types import ErrorDetail, FileObject, Item, ItemError, TaskName
+from contrail.core.storage import Storage, file_part_key
+from contrail.core.tasks.formats import LineParser
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
 from contrail.service.jobs_store import file_from_hash, new_id, now
 from contrail.service.metrics import UPLOADED_ITEMS
-from contrail.service.settings import Settings
-from contrail.service.storage import Storage, file_part_key
-from contrail.worker.tasks.formats import LineParser
+from contrail.service.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -66,7 +66,7 @@ class _Upload:
         await self.storage.delete_prefix_async(f"files/{self.file_id}/")
 
 
-async def _take(up: _Upload, raw: bytes, settings: Settings) -> ApiError | None:
+async def _take(up: _Upload, raw: bytes, settings: ApiSettings) -> ApiError | None:
     """Validate one line; an error that rejects the whole upload at once (413), or None."""
     if len(raw) > settings.max_line_bytes:
         return ApiError(

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from contrail.client.types import Demonstration, Item, TaskName
-from contrail.worker.tasks.perturb import BINARY_CHOICES
+from contrail.core.tasks.perturb import BINARY_CHOICES
 
 CHOICES_HEADER: Final = "Answer Choices:"
 BLOCK_SEPARATOR: Final = "\n\n"

@@ -26,7 +26,7 @@ from typing import Final
 from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord
-from contrail.worker.tasks.perturb import BINARY_CHOICES
+from contrail.core.tasks.perturb import BINARY_CHOICES
 
 RESTATE_THRESHOLD: Final = 0.8
 

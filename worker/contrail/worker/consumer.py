@@ -11,7 +11,7 @@ reported failed.
 
     python -m contrail.worker.consumer [--burst] [--check]
 
-Settings come from CONTRAIL_* variables (contrail.service.settings.Settings).
+Settings come from CONTRAIL_* variables (contrail.worker.settings.WorkerSettings).
 """
 
 from __future__ import annotations
@@ -52,15 +52,15 @@ from contrail.client.types import (
     TaskName,
     Usage,
 )
-from contrail.service import keys
-from contrail.service.jobs_store import RELEASE, SHARD_DONE, TRANSITION, decode_hash
-from contrail.service.settings import Settings, get_settings
-from contrail.service.storage import Storage, dataset_keys, shard_errors_key, shard_key
+from contrail.core.jobs import keys
+from contrail.core.jobs.scripts import RELEASE, SHARD_DONE, TRANSITION, decode_hash
+from contrail.core.storage import Storage, dataset_keys, shard_errors_key, shard_key
 from contrail.worker.dataset_writer import RECORD_SCHEMA
 from contrail.worker.engine.base import DecodeRequest, Engine
 from contrail.worker.eval_signals import RecordSignals, record_signals
 from contrail.worker.evaluation import summary_from_signals
 from contrail.worker.pipeline import Plan, plan, to_records
+from contrail.worker.settings import WorkerSettings, get_settings
 
 log = logging.getLogger("contrail.worker")
 
@@ -81,7 +81,7 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-def make_engine(settings: Settings) -> Engine:
+def make_engine(settings: WorkerSettings) -> Engine:
     """The engine this worker decodes with (settings.engine; options from engine_options)."""
     from contrail.worker.engine.factory import create_engine
 
@@ -129,7 +129,7 @@ def _s(v: Any) -> str:
 class Worker:
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         *,
         engine: Engine | None = None,
         burst: bool = False,
@@ -646,7 +646,7 @@ class Worker:
         self._retry(pipe.execute)
 
 
-def check(settings: Settings) -> int:
+def check(settings: WorkerSettings) -> int:
     """Exit code for a container healthcheck: 0 when a live worker of this host serves the
     configured model."""
     r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)

@@ -8,13 +8,13 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
+from contrail.core.storage import Storage
 from contrail.service.auth import tenant_for
 from contrail.service.errors import ApiError
 from contrail.service.jobs_store import JobStore
-from contrail.service.settings import Settings, get_settings
-from contrail.service.storage import Storage
+from contrail.service.settings import ApiSettings, get_settings
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 
 
 def get_redis(request: Request) -> Redis:

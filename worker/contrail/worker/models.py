@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -178,9 +179,9 @@ def _jsonl_texts(value: Any) -> Iterable[str]:
 
 def default_tiny_corpus() -> list[str]:
     """The built-in corpus plus every string in the package's demonstration pools
-    (``worker/data/*.jsonl``, files and keys in sorted order) when they exist."""
+    (``contrail.core``'s ``data/*.jsonl``, files and keys in sorted order) when they exist."""
     texts = _builtin_corpus()
-    data_dir = Path(__file__).resolve().parent / "data"
+    data_dir = Path(str(resources.files("contrail.core").joinpath("data")))
     for file in sorted(data_dir.glob("*.jsonl")):
         for line in file.read_text(encoding="utf-8").splitlines():
             line = line.strip()

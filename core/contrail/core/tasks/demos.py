@@ -16,9 +16,9 @@ from importlib import resources
 from typing import Final
 
 from contrail.client.types import Demonstration, Item, TaskName
-from contrail.worker.tasks.perturb import unit_hash
+from contrail.core.tasks.perturb import unit_hash
 
-# Tasks with a committed pool in contrail/worker/data/<task>.jsonl (see data/SOURCES.md).
+# Tasks with a committed pool in contrail/core/data/<task>.jsonl (see data/SOURCES.md).
 BUILTIN_POOL_TASKS: Final = frozenset({TaskName.CSQA, TaskName.STRATEGYQA, TaskName.CREAK})
 
 
@@ -40,7 +40,7 @@ def builtin_pool(task: TaskName) -> tuple[PoolEntry, ...]:
     if task not in BUILTIN_POOL_TASKS:
         return ()
     text = (
-        resources.files("contrail.worker")
+        resources.files("contrail.core")
         .joinpath("data", f"{task.value}.jsonl")
         .read_text(encoding="utf-8")
     )

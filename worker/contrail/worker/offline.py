@@ -14,11 +14,11 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from contrail.client.types import DecodingSettings, Demonstration, ItemError, TaskName
+from contrail.core.tasks.formats import load_items
 from contrail.worker import pipeline
 from contrail.worker.dataset_writer import DatasetWriter
 from contrail.worker.engine.base import Engine
 from contrail.worker.engine.factory import EngineKind, create_engine
-from contrail.worker.tasks.formats import load_items
 
 
 class GenerateSummary(BaseModel):

@@ -17,11 +17,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contrail.client.types import ErrorDetail, ErrorResponse
+from contrail.core.storage import Storage
 from contrail.service.errors import ApiError, error_body
 from contrail.service.metrics import API_ERRORS
 from contrail.service.routers import files, health, jobs, models
-from contrail.service.settings import Settings, get_settings
-from contrail.service.storage import Storage
+from contrail.service.settings import ApiSettings, get_settings
 
 log = logging.getLogger("contrail.service")
 
@@ -71,7 +71,7 @@ def _document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()

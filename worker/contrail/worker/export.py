@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord
-from contrail.worker.tasks.perturb import unit_hash
+from contrail.core.tasks.perturb import unit_hash
 
 Split = Literal["train", "dev"]
 _SPLIT_SALT: Final = "student-split"

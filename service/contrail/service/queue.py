@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from contrail.service import keys
+from contrail.core.jobs import keys
 
 
 async def ensure_group(r: Redis, model: str) -> None:

@@ -15,8 +15,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
-from contrail.service import keys
-from contrail.service.jobs_store import JobStore, decode_hash
+from contrail.core.jobs import keys
+from contrail.core.jobs.scripts import decode_hash
+from contrail.service.jobs_store import JobStore
 from contrail.service.queue import queue_depth
 
 REGISTRY = CollectorRegistry()

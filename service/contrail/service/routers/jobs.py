@@ -20,6 +20,9 @@ from contrail.client.types import (
     JobList,
     JobStatus,
 )
+from contrail.core.storage import Storage, dataset_keys, file_part_key, job_input_key
+from contrail.core.tasks.demos import BUILTIN_POOL_TASKS
+from contrail.core.tasks.perturb import is_counterfactual
 from contrail.service.deps import (
     RedisDep,
     SettingsDep,
@@ -40,9 +43,6 @@ from contrail.service.jobs_store import (
 )
 from contrail.service.metrics import JOBS_CREATED
 from contrail.service.queue import enqueue_shards
-from contrail.service.storage import Storage, dataset_keys, file_part_key, job_input_key
-from contrail.worker.tasks.demos import BUILTIN_POOL_TASKS
-from contrail.worker.tasks.perturb import is_counterfactual
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

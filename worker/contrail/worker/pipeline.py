@@ -27,16 +27,16 @@ from contrail.client.types import (
     Tag,
     TaskName,
 )
-from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult, Engine
-from contrail.worker.tasks.demos import DemoSelector, demonstration_pool
-from contrail.worker.tasks.perturb import (
+from contrail.core.tasks.demos import DemoSelector, demonstration_pool
+from contrail.core.tasks.perturb import (
     EMPTY_ANSWER,
     PerturbationError,
     contrast_answer,
     counterfactual_answer,
     is_counterfactual,
 )
-from contrail.worker.tasks.prompts import PromptTemplate, build_prompt
+from contrail.core.tasks.prompts import PromptTemplate, build_prompt
+from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult, Engine
 
 _ERROR_CODES: Final = frozenset(get_args(ErrorCode))
 _ID_SEPARATOR: Final = "#"

@@ -1,0 +1,1 @@
+"""The job record and the Redis queue protocol, owned in one place (see docs/OPERATIONS.md)."""

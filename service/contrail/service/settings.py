@@ -1,0 +1,42 @@
+"""Settings of the API server (environment variables prefixed ``CONTRAIL_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+
+from contrail.core.settings import CommonSettings
+
+
+class ApiSettings(CommonSettings):
+    """The API server's settings: authentication, limits and quotas."""
+
+    api_keys: str = Field(
+        default="", description="Comma-separated 'tenant:key' pairs (hashed when loaded)."
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="File of 'tenant sha256:<hex>' or 'tenant:key' lines ('#' comments).",
+    )
+    max_upload_bytes: int = 1 << 30
+    max_line_bytes: int = 1 << 20
+    max_error_details: int = 100
+    max_queued_items: int = Field(
+        default=1_000_000, description="Per tenant: items in non-terminal jobs (and per file)."
+    )
+    max_concurrent_jobs: int = 32
+    rate_limit_per_minute: int = Field(
+        default=600, description="Per tenant: POST requests (uploads, job creations, cancels)."
+    )
+    idempotency_ttl_s: int = 24 * 3600
+    url_expiry_s: int = 3600
+    require_live_worker: bool = Field(
+        default=True, description="Reject jobs for models no live worker serves (422)."
+    )
+
+
+@lru_cache
+def get_settings() -> ApiSettings:
+    return ApiSettings()

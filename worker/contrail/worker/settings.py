@@ -1,0 +1,38 @@
+"""Settings of a worker (environment variables prefixed ``CONTRAIL_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from contrail.core.settings import CommonSettings
+
+
+class WorkerSettings(CommonSettings):
+    """The teacher a worker serves, its engine, and how it reads the queue."""
+
+    model: str = "smollm2-135m"
+    model_cache_dir: Path | None = Field(
+        default=None, description="Prepared-model cache (default $CONTRAIL_CACHE_DIR/models)."
+    )
+    engine: Literal["vllm", "reference"] = "vllm"
+    engine_options: dict[str, object] = Field(default_factory=dict)
+    batch_shards: int = Field(
+        default=8, ge=1, description="Shards read per wave (XREADGROUP COUNT)."
+    )
+    block_ms: int = 1000
+    claim_idle_ms: int = Field(
+        default=30_000, description="Reclaim shards idle this long (their worker stopped touching)."
+    )
+    max_deliveries: int = Field(default=3, ge=1, description="Deliveries before dead-lettering.")
+    heartbeat_ttl_s: int = 15
+    heartbeat_interval_s: float = 3.0
+    shutdown_grace_s: float = 30.0
+
+
+@lru_cache
+def get_settings() -> WorkerSettings:
+    return WorkerSettings()

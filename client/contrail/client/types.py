@@ -165,9 +165,14 @@ class RationaleRecord(_Strict):
 
 
 class ItemError(_Strict):
-    """Why one input line or item could not be rationalised."""
+    """Why one input line or item (or one of its rationales) could not be rationalised."""
 
     item_id: str | None = None
+    tag: Tag | None = Field(
+        default=None,
+        description="The rationale that failed (factual or counterfactual); null for an input "
+        "line that never became an item.",
+    )
     line: int | None = Field(default=None, description="1-based input line, when known.")
     field: str | None = None
     code: str
@@ -195,17 +200,40 @@ ErrorCode = Literal[
 
 
 class JobStatus(StrEnum):
+    """A job's state (docs/OPERATIONS.md draws the state machine).
+
+    `validating` is never stored: input is validated at upload and a job is created, with its
+    shards queued, in one atomic step straight into `in_progress`. The value stays for clients
+    written against the OpenAI batch vocabulary.
+    """
+
     VALIDATING = "validating"
     IN_PROGRESS = "in_progress"
     FINALIZING = "finalizing"
     COMPLETED = "completed"
     FAILED = "failed"
+    EXPIRED = "expired"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED}
+)
+
+# "24h", "90m", "3600s", "7d": how long a job may take before it ends `expired`.
+COMPLETION_WINDOW_PATTERN = r"^[1-9][0-9]{0,6}[smhd]$"
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_COMPLETION_WINDOW_S = 30 * 86400
+
+
+def completion_window_seconds(window: str) -> int:
+    """Seconds of a completion window such as "24h" (validated by COMPLETION_WINDOW_PATTERN)."""
+    return int(window[:-1]) * _WINDOW_UNITS[window[-1]]
 
 
 class FileObject(BaseModel):
@@ -231,6 +259,19 @@ class JobCreate(_Strict):
     decoding: DecodingSettings = Field(default_factory=DecodingSettings)
     demonstrations: list[Demonstration] | None = Field(default=None, max_length=16)
     metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    completion_window: str = Field(
+        default="24h",
+        pattern=COMPLETION_WINDOW_PATTERN,
+        description="Time the job may take, e.g. '24h', '90m', '7d' (at most 30 days). After it "
+        "the job ends `expired`, with the rationales finished by then in its dataset.",
+    )
+
+    @field_validator("completion_window")
+    @classmethod
+    def _window_bounded(cls, v: str) -> str:
+        if completion_window_seconds(v) > MAX_COMPLETION_WINDOW_S:
+            raise ValueError("completion_window is at most 30 days")
+        return v
 
     @model_validator(mode="after")
     def _one_input(self) -> JobCreate:
@@ -264,13 +305,26 @@ class Job(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     metadata: dict[str, str] | None = None
     error: str | None = Field(default=None, description="Why the job failed, if it did.")
+    completion_window: str = "24h"
     created_at: int
+    expires_at: int | None = Field(
+        default=None, description="When an unfinished job ends `expired` (completion window)."
+    )
     in_progress_at: int | None = None
     finalizing_at: int | None = None
     completed_at: int | None = None
     failed_at: int | None = None
+    expired_at: int | None = None
     cancelling_at: int | None = None
     cancelled_at: int | None = None
+
+
+class Deleted(BaseModel):
+    """The answer of a DELETE: the object and its stored data are gone."""
+
+    id: str
+    object: Literal["job.deleted", "file.deleted"]
+    deleted: bool = True
 
 
 class JobList(BaseModel):

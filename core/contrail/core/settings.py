@@ -29,3 +29,19 @@ class CommonSettings(BaseSettings):
         "and keys from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.",
     )
     shard_size: int = Field(default=64, ge=1, le=100_000, description="Items per queue shard.")
+
+    # Lifecycle (docs/OPERATIONS.md): the reconciler runs in the API and in every worker.
+    job_retention_s: int = Field(
+        default=30 * 86400,
+        ge=0,
+        description="Keep a finished job's Redis records this long (0 = forever); its dataset "
+        "stays in storage until the job is deleted.",
+    )
+    reconcile_interval_s: float = Field(
+        default=10.0, gt=0, description="Seconds between reconciler passes."
+    )
+    reconcile_stall_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A job without progress this long has its queue messages checked.",
+    )

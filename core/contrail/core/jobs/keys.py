@@ -1,18 +1,28 @@
-"""Redis key layout (one place, shared by the API and the workers).
+"""Redis key layout: the one place that names every key the API and the workers use.
 
-contrail:job:<job_id>                 hash   job record (status, counts, settings, tenant ...)
-contrail:job:<job_id>:done            set    shard indexes resolved (idempotent counting)
+contrail:job:<job_id>                 hash   the job record (JobRecord.to_hash)
+contrail:job:<job_id>:done            hash   shard index -> "<attempt> <completed> <failed>":
+                                             the one counted attempt of each shard (fixed once
+                                             the job leaves in_progress)
+contrail:job:<job_id>:shards          hash   shard index -> "<items> <rationales>" (planned sizes;
+                                             lets the reconciler re-enqueue a lost shard)
+contrail:jobs:active                  zset   non-terminal job ids -> expiry time (reconciler)
+contrail:jobs:pending_inputs          zset   job ids whose inline input is being written -> time
+                                             (outbox: the reconciler removes orphaned inputs)
 contrail:file:<file_id>               hash   uploaded file record
+contrail:file:<file_id>:jobs          set    non-terminal jobs reading the file (blocks DELETE)
 contrail:tenant:<t>:jobs              zset   job ids by creation sequence (cursor pagination)
 contrail:tenant:<t>:queued            int    items in the tenant's non-terminal jobs (quota)
 contrail:tenant:<t>:active            set    the tenant's non-terminal job ids (quota)
 contrail:idem:<t>:<key>               str    "<body sha256> <job_id>" (Idempotency-Key, TTL)
 contrail:rl:<t>:<minute>              int    POSTs in one minute window (rate limit, TTL)
 contrail:seq                          int    creation sequence
-contrail:stream:<model>               stream shard messages {kind, job_id, shard, input}
-contrail:dead:<model>                 stream dead-lettered shard messages (+ reason)
+contrail:stream:<model>               stream live messages {kind: shard|finalize, job_id, ...};
+                                             a message is deleted when it is acknowledged
+contrail:dead:<model>                 stream dead-lettered messages (+ reason), capped
 contrail:workers                      zset   worker id -> heartbeat expiry (epoch s)
 contrail:worker:<worker_id>           hash   worker model/host/pid (expires with heartbeat)
+contrail:reconciler                   str    the reconciler's leader lease (owner id, TTL)
 contrail:stats                        hash   deployment-wide counters (exported by /metrics)
 contrail:stats:job_seconds            hash   job duration histogram buckets (+sum, count)
 """
@@ -25,6 +35,9 @@ SEQ = f"{PREFIX}:seq"
 WORKERS = f"{PREFIX}:workers"
 STATS = f"{PREFIX}:stats"
 JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
+ACTIVE_JOBS = f"{PREFIX}:jobs:active"
+PENDING_INPUTS = f"{PREFIX}:jobs:pending_inputs"
+RECONCILER = f"{PREFIX}:reconciler"
 JOB_SECONDS_BUCKETS: tuple[float, ...] = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
@@ -36,8 +49,16 @@ def job_done(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:done"
 
 
+def job_shards(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:shards"
+
+
 def file(file_id: str) -> str:
     return f"{PREFIX}:file:{file_id}"
+
+
+def file_jobs(file_id: str) -> str:
+    return f"{PREFIX}:file:{file_id}:jobs"
 
 
 def tenant_jobs(tenant: str) -> str:

@@ -1,0 +1,180 @@
+"""The reconciler: makes sure every non-terminal job keeps moving toward a terminal state.
+
+It runs in the API and in every worker (a background thread each); a leader lease in Redis lets
+one of them act at a time. Each pass:
+
+- expires jobs whose completion window is over (they finalize as `expired`, keeping the
+  rationales finished so far);
+- for jobs without progress for `stall_s`, compares what the job still needs with the messages
+  really in its model's stream (the stream only holds live work): a lost shard message is queued
+  again, a frozen job whose finalize message is gone gets a new one;
+- deletes the inline input of job creations that never completed (an API that died between
+  writing the input and the atomic creation), found through the pending-inputs outbox.
+
+Everything it changes goes through the protocol's scripts, which re-check the job's state
+atomically, so a pass racing with the workers or with another reconciler is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import redis
+
+from contrail.client.types import JobStatus
+from contrail.core.jobs import keys, protocol, states
+from contrail.core.jobs.queue import JobQueue, QueueMessage
+from contrail.core.jobs.record import JobRecord, text
+from contrail.core.storage import Storage
+
+log = logging.getLogger("contrail.reconciler")
+
+
+@dataclass
+class ReconcileReport:
+    led: bool = False
+    expired: list[str] = field(default_factory=list)
+    requeued_shards: dict[str, list[int]] = field(default_factory=dict)
+    requeued_finalize: list[str] = field(default_factory=list)
+    orphan_inputs_removed: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        r: redis.Redis,
+        storage: Storage | None,
+        *,
+        owner: str,
+        stall_s: float = 120.0,
+        lease_s: float = 30.0,
+        pending_input_ttl_s: float = 3600.0,
+    ) -> None:
+        self.r = r
+        self.storage = storage
+        self.owner = owner
+        self.stall_s = stall_s
+        self.lease_s = lease_s
+        self.pending_input_ttl_s = pending_input_ttl_s
+
+    # ------------------------------------------------------------------ leadership
+    def lead(self) -> bool:
+        """Take or keep the leader lease."""
+        ms = int(self.lease_s * 1000)
+        if self.r.set(keys.RECONCILER, self.owner, nx=True, px=ms):
+            return True
+        current = self.r.get(keys.RECONCILER)
+        if current is not None and text(current) == self.owner:
+            self.r.pexpire(keys.RECONCILER, ms)
+            return True
+        return False
+
+    def resign(self) -> None:
+        current = self.r.get(keys.RECONCILER)
+        if current is not None and text(current) == self.owner:
+            self.r.delete(keys.RECONCILER)
+
+    # ------------------------------------------------------------------ one pass
+    def run_once(self, now: float | None = None) -> ReconcileReport:
+        report = ReconcileReport()
+        if not self.lead():
+            return report
+        report.led = True
+        now = time.time() if now is None else now
+        stalled: list[JobRecord] = []
+        for job_id in [text(i) for i in self.r.zrange(keys.ACTIVE_JOBS, 0, -1)]:
+            raw = self.r.hgetall(keys.job(job_id))
+            if not raw:
+                self.r.zrem(keys.ACTIVE_JOBS, job_id)
+                continue
+            record = JobRecord.from_hash(raw)
+            if record.status is JobStatus.IN_PROGRESS and now >= record.expires_at:
+                self._expire(record, now, report)
+            elif self._stalled(record, now):
+                stalled.append(record)
+        self._repair(stalled, report)
+        self._remove_orphan_inputs(now, report)
+        return report
+
+    def _stalled(self, record: JobRecord, now: float) -> bool:
+        if record.status not in states.NON_TERMINAL:
+            return False
+        last = max(record.updated_at or 0.0, record.frozen_at or 0.0, record.created_at)
+        return now - last >= self.stall_s
+
+    def _expire(self, record: JobRecord, now: float, report: ReconcileReport) -> None:
+        queue = JobQueue(self.r, record.model)
+        if queue.run(protocol.expire(record.id, record.model, now)).outcome == "frozen":
+            log.info("job %s expired (completion window %s)", record.id, record.completion_window)
+            report.expired.append(record.id)
+
+    def _repair(self, stalled: list[JobRecord], report: ReconcileReport) -> None:
+        by_model: dict[str, list[JobRecord]] = defaultdict(list)
+        for record in stalled:
+            by_model[record.model].append(record)
+        for model, records in by_model.items():
+            queue = JobQueue(self.r, model)
+            live = queue.live_messages()
+            for record in records:
+                self._repair_job(queue, record, live, report)
+
+    def _repair_job(
+        self,
+        queue: JobQueue,
+        record: JobRecord,
+        live: list[QueueMessage],
+        report: ReconcileReport,
+    ) -> None:
+        mine = [m for m in live if m.job_id == record.id]
+        if record.status is JobStatus.IN_PROGRESS:
+            counted = queue.counted(record.id)
+            queued = {m.shard for m in mine if m.kind == "shard"}
+            lost = [s for s in range(record.shards) if s not in counted and s not in queued]
+            added = queue.run(protocol.requeue(record.id, record.model, lost, False)) if lost else 0
+            if added:
+                log.warning("job %s: re-queued %d lost shard message(s)", record.id, len(lost))
+                report.requeued_shards[record.id] = lost
+        elif not any(m.kind == "finalize" for m in mine):
+            if not queue.run(protocol.requeue(record.id, record.model, [], True)):
+                return
+            log.warning("job %s: re-queued its lost finalize message", record.id)
+            report.requeued_finalize.append(record.id)
+
+    def _remove_orphan_inputs(self, now: float, report: ReconcileReport) -> None:
+        if self.storage is None:
+            return
+        cutoff = now - self.pending_input_ttl_s
+        for job_id in [text(i) for i in self.r.zrangebyscore(keys.PENDING_INPUTS, "-inf", cutoff)]:
+            if not self.r.exists(keys.job(job_id)):
+                self.storage.delete_prefix(f"jobs/{job_id}/")
+                report.orphan_inputs_removed.append(job_id)
+            self.r.zrem(keys.PENDING_INPUTS, job_id)
+
+
+class ReconcilerThread(threading.Thread):
+    """Runs passes every `interval_s` until stopped; a failing pass is logged, never fatal."""
+
+    def __init__(self, reconciler: Reconciler, interval_s: float) -> None:
+        super().__init__(name="reconciler", daemon=True)
+        self.reconciler = reconciler
+        self.interval_s = interval_s
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval_s):
+            try:
+                self.reconciler.run_once()
+            except Exception as exc:  # Redis down, storage down: try again next pass
+                log.warning("reconciler pass failed: %s", exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=5)
+        try:
+            self.reconciler.resign()
+        except Exception as exc:
+            log.debug("could not resign the reconciler lease: %s", exc)

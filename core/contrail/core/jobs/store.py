@@ -1,0 +1,153 @@
+"""The API's side of the protocol, asynchronous: job and file records per tenant, cursor
+pagination, idempotency look-ups, rate limits, the models live workers serve, and the protocol's
+calls (creation, cancellation, deletion) run through the same `Call`s the workers use."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from contrail.core.jobs import keys
+from contrail.core.jobs.protocol import SCRIPTS, Call, CountedAttempt, parse_done
+from contrail.core.jobs.record import FileRecord, JobRecord, decode_hash, text
+
+T = TypeVar("T")
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class AsyncJobStore:
+    def __init__(self, r: Redis) -> None:
+        self.r = r
+        self._scripts = {name: r.register_script(src) for name, src in SCRIPTS.items()}
+
+    async def run(self, call: Call[T]) -> T:
+        return call.parse(await self._scripts[call.script](keys=call.keys, args=call.args))
+
+    # ---------------------------------------------------------------- jobs
+    async def job(self, tenant: str, job_id: str) -> JobRecord | None:
+        """The tenant's job (None for a missing job or another tenant's)."""
+        raw = await self.r.hgetall(keys.job(job_id))
+        if not raw:
+            return None
+        record = JobRecord.from_hash(raw)
+        return record if record.tenant == tenant else None
+
+    async def counted(self, job_id: str) -> dict[int, CountedAttempt]:
+        return parse_done(await self.r.hgetall(keys.job_done(job_id)))
+
+    async def list_jobs(
+        self, tenant: str, limit: int, after: str | None
+    ) -> tuple[list[JobRecord], bool]:
+        """A page of the tenant's jobs, newest first. Ids whose record has expired (retention)
+        are dropped from the listing as they are met."""
+        zkey = keys.tenant_jobs(tenant)
+        top = "+inf"
+        if after:
+            score = await self.r.zscore(zkey, after)
+            if score is None:
+                raise KeyError(after)
+            top = f"({int(score)}"
+        records: list[JobRecord] = []
+        while True:
+            ids = [text(i) for i in await self.r.zrevrangebyscore(zkey, top, "-inf", 0, limit + 1)]
+            raws = await self._hgetall_many([keys.job(i) for i in ids])
+            gone = [i for i, raw in zip(ids, raws, strict=True) if not raw]
+            if gone:
+                await self.r.zrem(zkey, *gone)
+                continue  # the page shrank: read it again
+            records = [JobRecord.from_hash(raw) for raw in raws]
+            break
+        return records[:limit], len(records) > limit
+
+    async def _hgetall_many(self, hash_keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        pipe = self.r.pipeline(transaction=False)
+        for k in hash_keys:
+            pipe.hgetall(k)
+        result: list[dict[bytes, bytes]] = await pipe.execute()
+        return result
+
+    async def mark_pending_input(self, job_id: str) -> None:
+        """Outbox entry before a job's inline input is written: the reconciler deletes the
+        input of a creation that never completed (the creation script removes the entry)."""
+        await self.r.zadd(keys.PENDING_INPUTS, {job_id: time.time()})
+
+    async def drop_pending_input(self, job_id: str) -> None:
+        await self.r.zrem(keys.PENDING_INPUTS, job_id)
+
+    # ---------------------------------------------------------------- files
+    async def save_file(self, record: FileRecord) -> None:
+        await self.r.hset(keys.file(record.id), mapping=record.to_hash())  # type: ignore[arg-type]
+
+    async def file(self, tenant: str, file_id: str) -> FileRecord | None:
+        raw = await self.r.hgetall(keys.file(file_id))
+        if not raw:
+            return None
+        record = FileRecord.from_hash(raw)
+        return record if record.tenant == tenant else None
+
+    async def forget_file(self, file_id: str) -> None:
+        await self.r.delete(keys.file(file_id), keys.file_jobs(file_id))
+
+    # ---------------------------------------------------------------- idempotency
+    async def idempotent_job(self, tenant: str, key: str, digest: str) -> str | None:
+        """The job an earlier request with this key created, if any (the creation script
+        re-checks atomically; this look-up only spares repeating the work before it)."""
+        raw = await self.r.get(keys.idempotency(tenant, key))
+        if raw is None:
+            return None
+        stored_digest, _, job_id = text(raw).partition(" ")
+        if stored_digest != digest:
+            raise IdempotencyConflict(key)
+        return job_id
+
+    # ---------------------------------------------------------------- rate limit
+    async def hit_rate(self, tenant: str, limit: int) -> int | None:
+        """Count one request; the seconds to wait when over the per-minute limit, else None."""
+        t = time.time()
+        k = keys.rate(tenant, int(t // 60))
+        pipe = self.r.pipeline(transaction=True)
+        pipe.incr(k)
+        pipe.expire(k, 120)
+        n, _ = await pipe.execute()
+        if int(n) > limit:
+            return max(1, int(60 - (t % 60)) + 1)
+        return None
+
+    # ---------------------------------------------------------------- models
+    async def served_models(self) -> dict[str, int]:
+        """model -> live workers announcing it (heartbeats not yet expired)."""
+        t = time.time()
+        await self.r.zremrangebyscore(keys.WORKERS, "-inf", t)
+        ids = await self.r.zrangebyscore(keys.WORKERS, t, "+inf")
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hget(keys.worker(text(i)), "model")
+        models: dict[str, int] = {}
+        for m in await pipe.execute():
+            if m is not None:
+                models[text(m)] = models.get(text(m), 0) + 1
+        return models
+
+    async def stats(self) -> dict[str, str]:
+        return decode_hash(await self.r.hgetall(keys.STATS))
+
+    async def queue_depth(self) -> dict[str, tuple[int, int]]:
+        """model -> (messages not yet delivered, messages delivered but not acknowledged)."""
+        out: dict[str, tuple[int, int]] = {}
+        async for raw in self.r.scan_iter(match=keys.stream("*"), count=100):
+            name = text(raw)
+            try:
+                groups = await self.r.xinfo_groups(name)
+            except ResponseError:
+                continue
+            lag = sum(int(g.get("lag") or 0) for g in groups)
+            pending = sum(int(g.get("pending") or 0) for g in groups)
+            out[name[len(keys.stream("")) :]] = (lag, pending)
+        return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,13 +13,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from obstore.exceptions import GenericError
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contrail.client.types import ErrorDetail, ErrorResponse
-from contrail.core.storage import Storage
+from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
+from contrail.core.jobs.store import AsyncJobStore
+from contrail.core.storage import Storage, StorageUnavailable
 from contrail.service.errors import ApiError, error_body
 from contrail.service.metrics import API_ERRORS
 from contrail.service.routers import files, health, jobs, models
@@ -71,16 +79,43 @@ def _document_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def start_reconciler(s: ApiSettings) -> ReconcilerThread:
+    """The API runs the reconciler too, so jobs of models with no live worker still expire and
+    orphaned inputs are removed (one reconciler acts at a time: a leader lease in Redis)."""
+    r = SyncRedis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    reconciler = Reconciler(
+        r,
+        Storage(s.storage_url, retry_for_s=10),
+        owner=f"api-{socket.gethostname()}-{os.getpid()}",
+        stall_s=s.reconcile_stall_s,
+        lease_s=max(3 * s.reconcile_interval_s, 5.0),
+    )
+    thread = ReconcilerThread(reconciler, s.reconcile_interval_s)
+    thread.start()
+    return thread
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
+        # A connection broken by a Redis restart is retried (briefly) before answering 503.
         app.state.redis = Redis.from_url(
-            s.redis_url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=15
+            s.redis_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=15,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        app.state.storage = Storage(s.storage_url)
-        yield
-        await app.state.redis.aclose()
+        app.state.store = AsyncJobStore(app.state.redis)
+        app.state.storage = Storage(s.storage_url, request_timeout_s=s.storage_timeout_s)
+        reconciler = start_reconciler(s)
+        try:
+            yield
+        finally:
+            reconciler.stop()
+            await app.state.redis.aclose()
 
     app = FastAPI(
         title="contrail",
@@ -123,6 +158,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
         return _answer(
             503, "the job store is unavailable; retry shortly", headers={"Retry-After": "2"}
+        )
+
+    @app.exception_handler(StorageUnavailable)
+    @app.exception_handler(GenericError)
+    async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _answer(
+            503, "object storage is unavailable; retry shortly", headers={"Retry-After": "5"}
         )
 
     @app.exception_handler(Exception)

@@ -8,10 +8,10 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
+from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage
 from contrail.service.auth import tenant_for
 from contrail.service.errors import ApiError
-from contrail.service.jobs_store import JobStore
 from contrail.service.settings import ApiSettings, get_settings
 
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
@@ -27,13 +27,14 @@ def get_storage(request: Request) -> Storage:
     return storage
 
 
-def get_store(redis: Annotated[Redis, Depends(get_redis)]) -> JobStore:
-    return JobStore(redis)
+def get_store(request: Request) -> AsyncJobStore:
+    store: AsyncJobStore = request.app.state.store
+    return store
 
 
 RedisDep = Annotated[Redis, Depends(get_redis)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
+StoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 
 _bearer = HTTPBearer(auto_error=False, description="API key")
 

@@ -16,9 +16,8 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 
 from contrail.core.jobs import keys
-from contrail.core.jobs.scripts import decode_hash
-from contrail.service.jobs_store import JobStore
-from contrail.service.queue import queue_depth
+from contrail.core.jobs.record import decode_hash
+from contrail.core.jobs.store import AsyncJobStore
 
 REGISTRY = CollectorRegistry()
 
@@ -40,12 +39,21 @@ _COUNTERS = {
         "Times a contrastive pair was re-continued after losing lockstep",
     ),
     "engine_seconds": ("contrail_engine_seconds", "Seconds spent in engine.generate"),
-    "shards_done": ("contrail_shards_done", "Shards resolved by workers"),
+    "shards_done": ("contrail_shards_done", "Shards counted (one attempt each)"),
+    "shards_duplicate": (
+        "contrail_shards_duplicate",
+        "Shard attempts finished after another attempt was counted (decoded twice)",
+    ),
+    "shards_skipped": (
+        "contrail_shards_skipped",
+        "Redelivered shards already counted: acknowledged without decoding",
+    ),
     "shards_dead": ("contrail_shards_dead_lettered", "Shards sent to the dead-letter stream"),
     "engine_errors": ("contrail_engine_errors", "Waves whose engine call raised"),
     "jobs_completed": ("contrail_jobs_completed", "Jobs completed"),
     "jobs_failed": ("contrail_jobs_failed", "Jobs failed"),
     "jobs_cancelled": ("contrail_jobs_cancelled", "Jobs cancelled"),
+    "jobs_expired": ("contrail_jobs_expired", "Jobs expired (completion window over)"),
 }
 
 
@@ -95,9 +103,9 @@ SNAPSHOT = _Snapshot()
 REGISTRY.register(SNAPSHOT)
 
 
-async def render(redis: Redis) -> bytes:
+async def render(redis: Redis, store: AsyncJobStore) -> bytes:
     SNAPSHOT.stats = decode_hash(await redis.hgetall(keys.STATS))
     SNAPSHOT.hist = decode_hash(await redis.hgetall(keys.JOB_SECONDS))
-    SNAPSHOT.depth = await queue_depth(redis)
-    SNAPSHOT.models = await JobStore(redis).served_models()
+    SNAPSHOT.depth = await store.queue_depth()
+    SNAPSHOT.models = await store.served_models()
     return generate_latest(REGISTRY)

@@ -32,6 +32,11 @@ class ApiSettings(CommonSettings):
     )
     idempotency_ttl_s: int = 24 * 3600
     url_expiry_s: int = 3600
+    storage_timeout_s: int = Field(
+        default=15,
+        ge=1,
+        description="Give up on an object-storage request after this long (the API answers 503).",
+    )
     require_live_worker: bool = Field(
         default=True, description="Reject jobs for models no live worker serves (422)."
     )

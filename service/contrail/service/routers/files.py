@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from contrail.client.types import ErrorDetail, FileObject, Item, ItemError, TaskName
+from contrail.client.types import Deleted, ErrorDetail, FileObject, Item, ItemError, TaskName
+from contrail.core.jobs import protocol
+from contrail.core.jobs.record import IDS_PER_OBJECT, FileRecord, new_id
 from contrail.core.storage import Storage, file_part_key
 from contrail.core.tasks.formats import LineParser
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
-from contrail.service.jobs_store import file_from_hash, new_id, now
 from contrail.service.metrics import UPLOADED_ITEMS
 from contrail.service.settings import ApiSettings
 
@@ -19,12 +21,15 @@ router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
 class _Upload:
-    """Validates lines and writes accepted items in parts; stops writing at the first bad line."""
+    """Validates lines and writes accepted items in parts (and their ids in id objects, for exact
+    job totals); stops writing at the first bad line."""
 
     def __init__(
         self, file_id: str, task: TaskName, storage: Storage, part_size: int, cap: int
     ) -> None:
         self.file_id = file_id
+        self.ids: list[str] = []
+        self.id_objects = 0
         self.parser = LineParser(task)
         self.storage = storage
         self.part_size = part_size
@@ -52,8 +57,11 @@ class _Upload:
         if self.n_errors:
             return
         self.buf.append(result.model_dump_json(exclude_none=True).encode())
+        self.ids.append(result.id)
         if len(self.buf) >= self.part_size:
             await self.flush()
+        if len(self.ids) >= IDS_PER_OBJECT:
+            await self.flush_ids()
 
     async def flush(self) -> None:
         if self.buf and not self.n_errors:
@@ -61,6 +69,13 @@ class _Upload:
             await self.storage.put_async(file_part_key(self.file_id, self.parts), data)
             self.parts += 1
         self.buf.clear()
+
+    async def flush_ids(self) -> None:
+        if self.ids and not self.n_errors:
+            key = f"files/{self.file_id}/ids/{self.id_objects:06d}.txt"
+            await self.storage.put_async(key, ("\n".join(self.ids) + "\n").encode())
+            self.id_objects += 1
+        self.ids.clear()
 
     async def discard(self) -> None:
         await self.storage.delete_prefix_async(f"files/{self.file_id}/")
@@ -157,26 +172,48 @@ async def upload_file(
                 details=[ErrorDetail(code="empty_input", message="no non-blank lines")],
             )
         await up.flush()
+        await up.flush_ids()
     except BaseException:
         await up.discard()
         raise
-    fobj = FileObject(
+    record = FileRecord(
         id=file_id,
+        tenant=tenant,
         filename=filename,
         bytes=size,
-        lines=up.items,
+        items=up.items,
         task=task,
         format=up.parser.format or "generic",
-        created_at=now(),
+        created_at=time.time(),
+        parts=up.parts,
+        part_size=up.part_size,
     )
-    await store.save_file(tenant, fobj, up.parts, up.items, up.part_size)
+    await store.save_file(record)
     UPLOADED_ITEMS.inc(up.items)
-    return fobj
+    return record.to_file()
 
 
 @router.get("/{file_id}", operation_id="get_file", responses=error_responses(401, 404))
 async def get_file(file_id: str, tenant: TenantDep, store: StoreDep) -> FileObject:
-    h = await store.file_hash(tenant, file_id)
-    if h is None:
+    record = await store.file(tenant, file_id)
+    if record is None or record.deleting:
         raise ApiError(404, f"no file {file_id!r}")
-    return file_from_hash(h)
+    return record.to_file()
+
+
+@router.delete("/{file_id}", operation_id="delete_file", responses=error_responses(401, 404, 409))
+async def delete_file(
+    file_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep
+) -> Deleted:
+    """Delete a file and its stored items. A file that a running job reads cannot be deleted
+    (409); finished jobs keep their datasets but can no longer be resubmitted."""
+    if await store.file(tenant, file_id) is None:
+        raise ApiError(404, f"no file {file_id!r}")
+    outcome, detail = await store.run(protocol.delete_file(file_id))
+    if outcome == "in_use":
+        raise ApiError(409, f"file {file_id} is the input of {detail} running job(s)")
+    if outcome == "missing":
+        raise ApiError(404, f"no file {file_id!r}")
+    await storage.delete_prefix_async(f"files/{file_id}/")
+    await store.forget_file(file_id)
+    return Deleted(id=file_id, object="file.deleted")

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from contrail.service.deps import RedisDep, StorageDep
+from contrail.service.deps import RedisDep, StorageDep, StoreDep
 from contrail.service.metrics import render
 
 router = APIRouter(tags=["health"])
@@ -48,5 +48,5 @@ async def readyz(redis: RedisDep, storage: StorageDep) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
 )
-async def metrics(redis: RedisDep) -> Response:
-    return Response(await render(redis), media_type=CONTENT_TYPE_LATEST)
+async def metrics(redis: RedisDep, store: StoreDep) -> Response:
+    return Response(await render(redis, store), media_type=CONTENT_TYPE_LATEST)

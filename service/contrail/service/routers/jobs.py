@@ -1,48 +1,34 @@
-"""Jobs: create (from a file or inline items), retrieve, list, cancel, results, errors, dataset."""
+"""Jobs: create (from a file or inline items), retrieve, list, cancel, delete, resubmit, and read
+results, errors and dataset locations."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
 from contrail.client.types import (
     DatasetLocation,
-    Demonstration,
+    Deleted,
     ErrorDetail,
-    Item,
     Job,
     JobCreate,
     JobList,
-    JobStatus,
 )
-from contrail.core.storage import Storage, dataset_keys, file_part_key, job_input_key
-from contrail.core.tasks.demos import BUILTIN_POOL_TASKS
-from contrail.core.tasks.perturb import is_counterfactual
-from contrail.service.deps import (
-    RedisDep,
-    SettingsDep,
-    StorageDep,
-    StoreDep,
-    TenantDep,
-    rate_limited,
-)
+from contrail.core.jobs import protocol, states
+from contrail.core.jobs.outputs import counted_keys
+from contrail.core.jobs.protocol import Idempotency
+from contrail.core.jobs.record import JobRecord, new_id
+from contrail.core.jobs.store import AsyncJobStore, IdempotencyConflict
+from contrail.core.storage import Storage, dataset_keys
+from contrail.service import creation
+from contrail.service.creation import JobSpec
+from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
-from contrail.service.jobs_store import (
-    NON_TERMINAL,
-    IdempotencyConflict,
-    QuotaExceeded,
-    body_hash,
-    job_from_hash,
-    new_id,
-    now,
-)
-from contrail.service.metrics import JOBS_CREATED
-from contrail.service.queue import enqueue_shards
+from contrail.service.resubmit import resubmission_input
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -53,47 +39,24 @@ _stream_responses = {
 }
 
 
-async def _job_or_404(store: StoreDep, tenant: str, job_id: str) -> dict[str, str]:
-    h = await store.job_hash(tenant, job_id)
-    if h is None:
+async def _job_or_404(store: AsyncJobStore, tenant: str, job_id: str) -> JobRecord:
+    record = await store.job(tenant, job_id)
+    if record is None:
         raise ApiError(404, f"no job {job_id!r}")
-    return h
+    return record
 
 
-def _expected_total(n_items: int, fraction: float) -> int:
-    return n_items + round(n_items * fraction)
-
-
-async def _items_demos(storage: Storage, first_part: str) -> list[Demonstration]:
-    """Demonstrations for a job without its own or a built-in pool: the first rationales of the
-    job's first part, fixed at creation so every shard is prompted alike."""
-    demos: list[Demonstration] = []
-    async for line in _lines(storage, first_part):
-        item = Item.model_validate_json(line)
-        if item.rationale and item.rationale.strip():
-            demos.append(
-                Demonstration(
-                    question=item.question,
-                    answer=item.answer,
-                    choices=item.choices,
-                    rationale=item.rationale,
-                )
-            )
-            if len(demos) == 16:
-                break
-    return demos
-
-
-async def _lines(storage: Storage, key: str) -> AsyncIterator[bytes]:
-    rest = b""
-    async for chunk in storage.stream_async(key):
-        data = rest + chunk
-        *lines, rest = data.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield line
-    if rest.strip():
-        yield rest
+async def _check_model(store: AsyncJobStore, model: str, require_live: bool) -> None:
+    if not require_live:
+        return
+    served = await store.served_models()
+    if model not in served:
+        raise ApiError(
+            422,
+            f"no live worker serves model {model!r}; served: "
+            + (", ".join(sorted(served)) or "none"),
+            details=[ErrorDetail(field="model", code="unknown_model", message="not served")],
+        )
 
 
 @router.post(
@@ -101,169 +64,76 @@ async def _lines(storage: Storage, key: str) -> AsyncIterator[bytes]:
     status_code=201,
     operation_id="create_job",
     dependencies=[Depends(rate_limited)],
-    responses=error_responses(400, 401, 404, 409, 422, 429),
+    responses=error_responses(400, 401, 404, 409, 413, 422, 429),
 )
 async def create_job(
     body: JobCreate,
-    response: Response,
     tenant: TenantDep,
     settings: SettingsDep,
     store: StoreDep,
     storage: StorageDep,
-    redis: RedisDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=256)
     ] = None,
 ) -> Job:
-    """Create a job. Same `Idempotency-Key` and same body returns the same job; another body 409."""
-    digest = body_hash(body.model_dump(mode="json", by_alias=True))
+    """Create a job: its record and all its shards are queued in one atomic step. The same
+    `Idempotency-Key` with the same body returns the same job; with another body, 409."""
+    idempotency = None
     if idempotency_key is not None:
+        digest = creation.body_hash(body.model_dump(mode="json", by_alias=True))
+        idempotency = Idempotency(idempotency_key, digest, settings.idempotency_ttl_s)
         try:
-            hit = await store.idem_get(tenant, idempotency_key, digest)
+            earlier = await store.idempotent_job(tenant, idempotency_key, digest)
         except IdempotencyConflict:
             raise ApiError(
                 409, "Idempotency-Key was already used with a different request body"
             ) from None
-        if hit is not None:
-            return await _replay(store, tenant, hit.job_id)
+        if earlier is not None and (replayed := await store.job(tenant, earlier)) is not None:
+            return replayed.to_job()
 
-    if settings.require_live_worker:
-        served = await store.served_models()
-        if body.model not in served:
-            raise ApiError(
-                422,
-                f"no live worker serves model {body.model!r}; served: "
-                + (", ".join(sorted(served)) or "none"),
-                details=[ErrorDetail(field="model", code="unknown_model", message="not served")],
-            )
-
+    await _check_model(store, body.model, settings.require_live_worker)
     job_id = new_id("job")
     task = body.task
-    demos = body.demonstrations
-    inline_written = False
     if body.input_file_id is not None:
-        fh = await store.file_hash(tenant, body.input_file_id)
-        if fh is None:
+        file = await store.file(tenant, body.input_file_id)
+        if file is None:
             raise ApiError(404, f"no file {body.input_file_id!r}")
-        file_task = fh["task"]
-        if "task" in body.model_fields_set and body.task.value != file_task:
+        if "task" in body.model_fields_set and body.task != file.task:
             raise ApiError(
                 422,
-                f"task {body.task.value!r} differs from the file's task {file_task!r}",
+                f"task {body.task.value!r} differs from the file's task {file.task.value!r}",
                 details=[ErrorDetail(field="task", code="unknown_task", message="task mismatch")],
             )
-        task = type(body.task)(file_task)
-        n_items = int(fh["items"])
-        n_parts = int(fh["parts"])
-        inputs = [file_part_key(body.input_file_id, i) for i in range(n_parts)]
-        part_size = int(fh["part_size"])
-        counts = [part_size] * n_parts
-        if n_parts:
-            counts[-1] = n_items - part_size * (n_parts - 1)
-        total = _expected_total(n_items, body.decoding.counterfactual_fraction)
+        task = file.task
+        _check_size(file.items, settings.max_queued_items, status=422)
+        job_input = await creation.file_input(storage, file, body.decoding)
     else:
         items = body.items or []
-        seen: set[str] = set()
-        details: list[ErrorDetail] = []
-        for i, item in enumerate(items):
-            if item.id in seen:
-                details.append(
-                    ErrorDetail(
-                        field=f"items.{i}.id",
-                        code="duplicate_id",
-                        message=f"id {item.id!r} already appeared",
-                    )
-                )
-            seen.add(item.id)
-        if details:
+        if details := creation.duplicate_ids(items):
             raise ApiError(422, "duplicate item ids", details=details[: settings.max_error_details])
-        n_items = len(items)
-        d = body.decoding
-        total = n_items + sum(
-            is_counterfactual(it.id, d.seed, d.counterfactual_fraction) for it in items
+        _check_size(len(items), settings.max_queued_items, status=413)
+        job_input = await creation.items_input(
+            storage, store, job_id, items, settings.shard_size, body.decoding
         )
-        inputs = []
-        counts = []
-        for part, start in enumerate(range(0, n_items, settings.shard_size)):
-            chunk = items[start : start + settings.shard_size]
-            data = "".join(it.model_dump_json(exclude_none=True) + "\n" for it in chunk)
-            key = job_input_key(job_id, part)
-            await storage.put_async(key, data.encode())
-            inputs.append(key)
-            counts.append(len(chunk))
-        inline_written = True
-
-    if n_items > settings.max_queued_items:
-        raise ApiError(
-            413 if body.input_file_id is None else 422,
-            f"{n_items} items exceed the per-tenant queued-items quota {settings.max_queued_items}",
-        )
-    if not demos and task not in BUILTIN_POOL_TASKS and inputs:
-        demos = await _items_demos(storage, inputs[0]) or None
-
-    async def undo() -> None:
-        if inline_written:
-            await storage.delete_prefix_async(f"jobs/{job_id}/")
-
-    if idempotency_key is not None and not await store.idem_claim(
-        tenant, idempotency_key, digest, job_id, settings.idempotency_ttl_s
-    ):
-        await undo()
-        try:
-            hit = await store.idem_get(tenant, idempotency_key, digest)
-        except IdempotencyConflict:
-            raise ApiError(
-                409, "Idempotency-Key was already used with a different request body"
-            ) from None
-        return await _replay(store, tenant, hit.job_id if hit else None)
-
-    fields: dict[str, str | int | float] = {
-        "id": job_id,
-        "tenant": tenant,
-        "status": JobStatus.VALIDATING.value,
-        "task": task.value,
-        "model": body.model,
-        "decoding": body.decoding.model_dump_json(by_alias=True),
-        "demonstrations": json.dumps([d.model_dump() for d in demos]) if demos else "",
-        "input_file_id": body.input_file_id or "",
-        "metadata": json.dumps(body.metadata) if body.metadata is not None else "",
-        "items": n_items,
-        "total": total,
-        "total_exact": "" if body.input_file_id else "1",
-        "completed": 0,
-        "failed": 0,
-        "prompt_tokens": 0,
-        "completion_tokens": 0,
-        "shards": len(inputs),
-        "created_at": now(),
-        "created_ts": f"{time.time():.3f}",
-    }
-    try:
-        await store.create_job(
-            tenant, job_id, n_items, fields, settings.max_queued_items, settings.max_concurrent_jobs
-        )
-    except QuotaExceeded as exc:
-        await undo()
-        if idempotency_key is not None:
-            await store.idem_drop(tenant, idempotency_key)
-        raise ApiError(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
-    await enqueue_shards(redis, body.model, job_id, inputs, counts)
-    await store.transition(job_id, ("validating",), JobStatus.IN_PROGRESS.value)
-    JOBS_CREATED.inc()
-    job = await store.get_job(tenant, job_id)
-    assert job is not None
-    return job
+    spec = JobSpec(
+        tenant=tenant,
+        task=task,
+        model=body.model,
+        decoding=body.decoding,
+        demonstrations=await creation.demonstrations_from_items(
+            storage, task, body.demonstrations, f"{job_input.prefix}{0:06d}.jsonl"
+        ),
+        metadata=body.metadata,
+        completion_window=body.completion_window,
+    )
+    record = creation.new_record(job_id, spec, job_input, time.time())
+    created = await creation.create(store, storage, settings, record, job_input, idempotency)
+    return created.to_job()
 
 
-async def _replay(store: StoreDep, tenant: str, job_id: str | None) -> Job:
-    job = await store.get_job(tenant, job_id) if job_id else None
-    if job is None:
-        raise ApiError(
-            409,
-            "a request with this Idempotency-Key is still being processed; retry shortly",
-            headers={"Retry-After": "1"},
-        )
-    return job
+def _check_size(n_items: int, quota: int, status: int) -> None:
+    if n_items > quota:
+        raise ApiError(status, f"{n_items} items exceed the per-tenant queued-items quota {quota}")
 
 
 @router.get("", operation_id="list_jobs", responses=error_responses(400, 401))
@@ -275,9 +145,10 @@ async def list_jobs(
 ) -> JobList:
     """The tenant's jobs, newest first; pass the previous page's `last_id` as `after`."""
     try:
-        jobs, has_more = await store.list_jobs(tenant, limit, after)
+        records, has_more = await store.list_jobs(tenant, limit, after)
     except KeyError:
         raise ApiError(400, f"unknown cursor {after!r}") from None
+    jobs = [r.to_job() for r in records]
     return JobList(
         data=jobs,
         has_more=has_more,
@@ -288,7 +159,7 @@ async def list_jobs(
 
 @router.get("/{job_id}", operation_id="get_job", responses=error_responses(401, 404))
 async def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
-    return job_from_hash(await _job_or_404(store, tenant, job_id))
+    return (await _job_or_404(store, tenant, job_id)).to_job()
 
 
 @router.post(
@@ -298,25 +169,75 @@ async def get_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
     responses=error_responses(400, 401, 404, 429),
 )
 async def cancel_job(job_id: str, tenant: TenantDep, store: StoreDep) -> Job:
-    """Cancel: status `cancelling` now, `cancelled` once workers have dropped its shards (within
-    one wave). Finished items stay downloadable. Cancelling a finished job changes nothing."""
-    await _job_or_404(store, tenant, job_id)
-    await store.transition(
-        job_id, tuple(s for s in NON_TERMINAL if s != "cancelling"), "cancelling"
+    """Cancel: status `cancelling` at once (the finished shards are fixed), `cancelled` when its
+    dataset is merged. Finished rationales stay downloadable. A job already finishing or
+    finished is left as it is."""
+    record = await _job_or_404(store, tenant, job_id)
+    await store.run(protocol.cancel(job_id, record.model, time.time()))
+    return (await _job_or_404(store, tenant, job_id)).to_job()
+
+
+@router.delete("/{job_id}", operation_id="delete_job", responses=error_responses(401, 404, 409))
+async def delete_job(
+    job_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep
+) -> Deleted:
+    """Delete a finished job: its dataset, shard outputs and inline input are removed from
+    storage, then its records. A job still running must be cancelled first (409)."""
+    record = await _job_or_404(store, tenant, job_id)
+    if record.status not in states.TERMINAL:
+        raise ApiError(409, f"job {job_id} is {record.status.value}: cancel it first")
+    await storage.delete_prefix_async(f"jobs/{job_id}/")
+    outcome, _ = await store.run(protocol.delete_job(job_id, tenant))
+    if outcome == "not_terminal":  # cannot happen: terminal is final; keep the record then
+        raise ApiError(409, f"job {job_id} is not finished")
+    return Deleted(id=job_id, object="job.deleted")
+
+
+@router.post(
+    "/{job_id}/resubmit",
+    status_code=201,
+    operation_id="resubmit_job",
+    dependencies=[Depends(rate_limited)],
+    responses=error_responses(401, 404, 409, 422, 429),
+)
+async def resubmit_job(
+    job_id: str, tenant: TenantDep, settings: SettingsDep, store: StoreDep, storage: StorageDep
+) -> Job:
+    """A new job, with the same settings, over the items of a finished job that still lack a
+    rationale: those with a failed rationale, and (for a cancelled, expired or failed job)
+    those never decoded. Its metadata names the original job (`resubmitted_from`)."""
+    old = await _job_or_404(store, tenant, job_id)
+    if old.status not in states.TERMINAL:
+        raise ApiError(409, f"job {job_id} is {old.status.value}: resubmit it once it has ended")
+    await _check_model(store, old.model, settings.require_live_worker)
+    new_job_id = new_id("job")
+    job_input = await resubmission_input(storage, store, old, new_job_id, settings.shard_size)
+    if job_input.items == 0:
+        await storage.delete_prefix_async(f"jobs/{new_job_id}/")
+        await store.drop_pending_input(new_job_id)
+        raise ApiError(409, f"job {job_id} has no failed or unfinished items to resubmit")
+    spec = JobSpec(
+        tenant=tenant,
+        task=old.task,
+        model=old.model,
+        decoding=old.decoding,
+        demonstrations=old.demonstrations,
+        metadata={**(old.metadata or {}), "resubmitted_from": job_id},
+        completion_window=old.completion_window,
     )
-    return job_from_hash(await _job_or_404(store, tenant, job_id))
+    record = creation.new_record(new_job_id, spec, job_input, time.time())
+    return (await creation.create(store, storage, settings, record, job_input, None)).to_job()
 
 
-async def _stream_parts(
-    storage: Storage, job_id: str, final_key: str, errors: bool
+async def _stream_results(
+    store: AsyncJobStore, storage: Storage, record: JobRecord, errors: bool
 ) -> AsyncIterator[bytes]:
-    if await storage.exists_async(final_key):
-        async for chunk in storage.stream_async(final_key):
+    merged = dataset_keys(record.id)["errors" if errors else "dataset"]
+    if record.status in states.TERMINAL and await storage.exists_async(merged):
+        async for chunk in storage.stream_async(merged):
             yield chunk
         return
-    for key in await storage.list_async(f"jobs/{job_id}/shards/"):
-        if key.endswith(".errors.jsonl") != errors:
-            continue
+    for key in counted_keys(record.id, await store.counted(record.id), errors=errors):
         async for chunk in storage.stream_async(key):
             yield chunk
 
@@ -331,9 +252,8 @@ async def job_results(
     job_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep
 ) -> StreamingResponse:
     """RationaleRecords as JSONL: what is finished so far, all of them once completed."""
-    await _job_or_404(store, tenant, job_id)
-    key = dataset_keys(job_id)["dataset"]
-    return StreamingResponse(_stream_parts(storage, job_id, key, False), media_type=JSONL)
+    record = await _job_or_404(store, tenant, job_id)
+    return StreamingResponse(_stream_results(store, storage, record, False), media_type=JSONL)
 
 
 @router.get(
@@ -345,10 +265,9 @@ async def job_results(
 async def job_errors(
     job_id: str, tenant: TenantDep, store: StoreDep, storage: StorageDep
 ) -> StreamingResponse:
-    """ItemErrors as JSONL (items that could not be rationalised)."""
-    await _job_or_404(store, tenant, job_id)
-    key = dataset_keys(job_id)["errors"]
-    return StreamingResponse(_stream_parts(storage, job_id, key, True), media_type=JSONL)
+    """ItemErrors as JSONL (rationales that could not be produced)."""
+    record = await _job_or_404(store, tenant, job_id)
+    return StreamingResponse(_stream_results(store, storage, record, True), media_type=JSONL)
 
 
 @router.get(
@@ -358,17 +277,16 @@ async def job_dataset(
     job_id: str, tenant: TenantDep, settings: SettingsDep, store: StoreDep, storage: StorageDep
 ) -> DatasetLocation:
     """Presigned URLs (S3) or file:// URLs (local storage) of the dataset files; null while the
-    job is not finalized."""
-    await _job_or_404(store, tenant, job_id)
+    job is not finished."""
+    record = await _job_or_404(store, tenant, job_id)
     ks = dataset_keys(job_id)
-    present = await storage.exists_async(ks["manifest"])
-    if not present:
+    if record.status not in states.TERMINAL or not await storage.exists_async(ks["manifest"]):
         return DatasetLocation(
             job_id=job_id, jsonl_url=None, parquet_url=None, errors_url=None, manifest_url=None
         )
     order = ["dataset", "parquet", "errors", "manifest"]
     urls = await storage.urls_async([ks[k] for k in order], settings.url_expiry_s)
-    expires = now() + settings.url_expiry_s if storage.scheme != "file" else None
+    expires = int(time.time()) + settings.url_expiry_s if storage.scheme != "file" else None
     return DatasetLocation(
         job_id=job_id,
         jsonl_url=urls[0],

@@ -27,13 +27,13 @@ from contrail.client.types import (
     Tag,
     TaskName,
 )
+from contrail.core.jobs.sizing import owed_tags
 from contrail.core.tasks.demos import DemoSelector, demonstration_pool
 from contrail.core.tasks.perturb import (
     EMPTY_ANSWER,
     PerturbationError,
     contrast_answer,
     counterfactual_answer,
-    is_counterfactual,
 )
 from contrail.core.tasks.prompts import PromptTemplate, build_prompt
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult, Engine
@@ -76,9 +76,6 @@ class Plan:
     def decode_requests(self) -> list[DecodeRequest]:
         return [p.request for p in self.requests]
 
-    def by_request_id(self) -> dict[str, PlannedRequest]:
-        return {p.request.request_id: p for p in self.requests}
-
 
 def contrast_settings(settings: DecodingSettings) -> ContrastSettings:
     return ContrastSettings(
@@ -90,22 +87,23 @@ def contrast_settings(settings: DecodingSettings) -> ContrastSettings:
     )
 
 
-def _answer_slots(
-    item: Item, task: TaskName, settings: DecodingSettings
-) -> Iterator[tuple[Tag, str, str | None]]:
-    """(tag, C+ answer, C- answer) of each rationale this item needs; raises PerturbationError."""
+def _answer_slot(
+    item: Item, task: TaskName, settings: DecodingSettings, tag: Tag
+) -> tuple[str, str | None]:
+    """(C+ answer, C- answer) of one rationale; raises PerturbationError."""
     greedy = settings.mode is DecodingMode.GREEDY
-    negative = None if greedy else contrast_answer(item, task, settings.perturbation, settings.seed)
-    yield Tag.FACTUAL, item.answer, negative
-    if is_counterfactual(item.id, settings.seed, settings.counterfactual_fraction):
-        wrong = counterfactual_answer(item, task, settings.seed)
-        # Roles swap (METHOD.md 3): C+ argues for the wrong answer, C- holds the gold one.
-        if greedy:
-            yield Tag.COUNTERFACTUAL, wrong, None
-        elif settings.perturbation is Perturbation.EMPTY:
-            yield Tag.COUNTERFACTUAL, wrong, EMPTY_ANSWER
-        else:
-            yield Tag.COUNTERFACTUAL, wrong, item.answer
+    if tag is Tag.FACTUAL:
+        negative = (
+            None if greedy else contrast_answer(item, task, settings.perturbation, settings.seed)
+        )
+        return item.answer, negative
+    wrong = counterfactual_answer(item, task, settings.seed)
+    # Roles swap (METHOD.md 3): C+ argues for the wrong answer, C- holds the gold one.
+    if greedy:
+        return wrong, None
+    if settings.perturbation is Perturbation.EMPTY:
+        return wrong, EMPTY_ANSWER
+    return wrong, item.answer
 
 
 def plan(
@@ -116,7 +114,8 @@ def plan(
     demonstrations: Sequence[Demonstration] | None = None,
     template: str | PromptTemplate | None = None,
 ) -> Plan:
-    """Every DecodeRequest of a job, plus an ItemError for each item that cannot be planned.
+    """Every DecodeRequest of a job, plus an ItemError for each rationale that cannot be
+    planned (so requests + errors = the rationales the items owe).
 
     Raises TemplateError for an invalid `template` (validate it when the job is submitted).
     """
@@ -128,23 +127,28 @@ def plan(
     job = Plan(task=task, settings=settings, model_name=model_name)
     for item in items:
         demos = selector.for_query(item)
-        try:
-            for tag, answer, negative in _answer_slots(item, task, settings):
-                pos = build_prompt(task, item, answer, demos, block_template)
-                neg = (
-                    None
-                    if negative is None
-                    else build_prompt(task, item, negative, demos, block_template)
+        for tag in owed_tags(item.id, settings):
+            try:
+                answer, negative = _answer_slot(item, task, settings, tag)
+            except PerturbationError as exc:
+                job.errors.append(
+                    ItemError(
+                        item_id=item.id,
+                        tag=tag,
+                        field="wrong_answers",
+                        code="invalid_item",
+                        message=str(exc),
+                    )
                 )
-                request = DecodeRequest(request_id(item.id, tag), pos, neg, decode_settings)
-                job.requests.append(PlannedRequest(request, item, tag, answer, negative))
-        except PerturbationError as exc:
-            # A factual failure implies the counterfactual one (same candidates): one error.
-            job.errors.append(
-                ItemError(
-                    item_id=item.id, field="wrong_answers", code="invalid_item", message=str(exc)
-                )
+                continue
+            pos = build_prompt(task, item, answer, demos, block_template)
+            neg = (
+                None
+                if negative is None
+                else build_prompt(task, item, negative, demos, block_template)
             )
+            request = DecodeRequest(request_id(item.id, tag), pos, neg, decode_settings)
+            job.requests.append(PlannedRequest(request, item, tag, answer, negative))
     return job
 
 
@@ -174,6 +178,7 @@ def _result_error(planned: PlannedRequest, result: DecodeResult) -> ItemError:
     message = result.error or "decoding failed"
     return ItemError(
         item_id=planned.item.id,
+        tag=planned.tag,
         code=error_code(result.error),
         message=f"{planned.tag.value} rationale: {message}",
     )
@@ -205,34 +210,42 @@ def to_record(
     )
 
 
-def to_records(job: Plan, results: Iterable[DecodeResult]) -> list[RationaleRecord | ItemError]:
-    """Records for results, in result order. A result for a request not in the plan is a bug."""
-    planned = job.by_request_id()
-    out: list[RationaleRecord | ItemError] = []
+def match_results(
+    planned: Sequence[PlannedRequest], results: Iterable[DecodeResult]
+) -> list[tuple[PlannedRequest, DecodeResult]]:
+    """Pair each planned request with its result by request id, in planned order. A missing
+    result (an engine breaking its contract) becomes an error result, never a lost item; a
+    result for a request that was not planned is a bug."""
+    by_id = {p.request.request_id: p for p in planned}
+    found: dict[str, DecodeResult] = {}
     for result in results:
-        if result.request_id not in planned:
+        if result.request_id not in by_id:
             raise ValueError(f"result for unknown request {result.request_id!r}")
-        out.append(to_record(job, planned[result.request_id], result))
-    return out
+        found[result.request_id] = result
+    return [
+        (
+            p,
+            found.get(p.request.request_id)
+            or DecodeResult(
+                p.request.request_id, [], "", FinishReason.ERROR, error="engine_error: no result"
+            ),
+        )
+        for p in planned
+    ]
+
+
+def to_records(
+    job: Plan, results: Iterable[DecodeResult], planned: Sequence[PlannedRequest] | None = None
+) -> list[RationaleRecord | ItemError]:
+    """One record (or ItemError) per planned request (all of the plan's by default)."""
+    pairs = match_results(job.requests if planned is None else planned, results)
+    return [to_record(job, p, result) for p, result in pairs]
 
 
 def decode_batch(
     engine: Engine, job: Plan, batch: Sequence[PlannedRequest]
 ) -> list[RationaleRecord | ItemError]:
-    results = {r.request_id: r for r in engine.generate([p.request for p in batch])}
-    out: list[RationaleRecord | ItemError] = []
-    for planned in batch:
-        result = results.get(planned.request.request_id)
-        if result is None:  # breaks the Engine contract; never lose the item silently
-            result = DecodeResult(
-                planned.request.request_id,
-                [],
-                "",
-                FinishReason.ERROR,
-                error="engine_error: no result",
-            )
-        out.append(to_record(job, planned, result))
-    return out
+    return to_records(job, engine.generate([p.request for p in batch]), batch)
 
 
 def generate(

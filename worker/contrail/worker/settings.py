@@ -30,7 +30,22 @@ class WorkerSettings(CommonSettings):
     max_deliveries: int = Field(default=3, ge=1, description="Deliveries before dead-lettering.")
     heartbeat_ttl_s: int = 15
     heartbeat_interval_s: float = 3.0
-    shutdown_grace_s: float = 30.0
+    shutdown_grace_s: float = Field(
+        default=30.0,
+        description="After SIGTERM, seconds to finish the wave in hand before giving its "
+        "shards back to the queue (without spending a delivery) and exiting.",
+    )
+    storage_retry_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="Retry failing object-storage calls this long (with backoff) before "
+        "giving the shards in hand back to the queue.",
+    )
+    scratch_dir: Path | None = Field(
+        default=None,
+        description="Local folder for building a job's dataset files at finalization (about "
+        "the dataset's size; default: the system temporary folder).",
+    )
 
 
 @lru_cache

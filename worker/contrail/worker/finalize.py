@@ -1,0 +1,163 @@
+"""Finalization: merge a frozen job's counted shard outputs into its dataset, then end the job.
+
+The job is frozen before a finalize message exists, so the counted attempts read here never
+change: the merge is a pure function of them, written with `DatasetWriter` in shard order, and
+the manifest takes its times from the record (created, frozen). Repeating a finalization (a
+worker died after writing, before the terminal transition) therefore rewrites byte-identical
+files, and the terminal transition itself only happens once. Counters are never rewritten here:
+they were counted shard by shard.
+
+Scratch space: the dataset is built in a local folder (`scratch_dir`) before upload; a failure
+there (a full disk) fails this delivery, and after `max_deliveries` the job ends `failed` with the
+reason, its shard outputs kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from contrail.client.types import (
+    ItemError,
+    JobStatus,
+    Manifest,
+    RationaleRecord,
+    RequestCounts,
+    Usage,
+)
+from contrail.core.jobs import protocol, states
+from contrail.core.jobs.queue import JobQueue, QueueMessage
+from contrail.core.jobs.record import JobRecord
+from contrail.core.storage import Storage, dataset_keys, shard_output_keys
+from contrail.worker.dataset_writer import DatasetWriter
+from contrail.worker.eval_signals import RecordSignals, record_signals
+from contrail.worker.evaluation import summary_from_signals
+from contrail.worker.resilience import RedisGuard
+
+log = logging.getLogger("contrail.worker")
+
+
+class Finalizer:
+    def __init__(
+        self,
+        queue: JobQueue,
+        storage: Storage,
+        guard: RedisGuard,
+        *,
+        max_deliveries: int,
+        retention_s: int,
+        scratch_dir: Path | None = None,
+    ) -> None:
+        self.queue = queue
+        self.storage = storage
+        self.guard = guard
+        self.max_deliveries = max_deliveries
+        self.retention_s = retention_s
+        self.scratch_dir = scratch_dir
+
+    def process(self, msg: QueueMessage) -> None:
+        """Handle one finalize message (acknowledged by the terminal transition)."""
+        job = self.guard.call(self.queue.job, msg.job_id)
+        if job is None or job.status not in states.FROZEN:
+            self.guard.call(self.queue.ack, msg.id)
+            return
+        try:
+            counts = self.merge(job)
+        except Exception as exc:
+            self._failed(msg, job, exc)
+            return
+        final = job.finalize_as or JobStatus.COMPLETED
+        call = protocol.finish(job, final, time.time(), self.retention_s, message_id=msg.id)
+        result = self.guard.call(self.queue.run, call)
+        log.info(
+            "job %s %s: %d records, %d errors (%s)",
+            job.id,
+            final.value,
+            counts[0],
+            counts[1],
+            result.outcome,
+        )
+
+    def _failed(self, msg: QueueMessage, job: JobRecord, exc: Exception) -> None:
+        log.exception("finalizing %s failed (delivery %d)", job.id, msg.deliveries)
+        if msg.deliveries < self.max_deliveries:
+            raise FinalizeRetry(str(exc)) from exc
+        error = f"finalization failed after {msg.deliveries} attempts: {type(exc).__name__}"
+        if isinstance(exc, OSError) and exc.strerror:
+            error += f" ({exc.strerror})"
+        call = protocol.finish(
+            job,
+            JobStatus.FAILED,
+            time.time(),
+            self.retention_s,
+            error=error,
+            message_id=msg.id,
+            dead_letter_reason=f"{type(exc).__name__}: {exc}",
+        )
+        self.guard.call(self.queue.run, call)
+
+    # ------------------------------------------------------------------ merging
+    def merge(self, job: JobRecord) -> tuple[int, int]:
+        """Write dataset.jsonl/.parquet, errors.jsonl and manifest.json from the counted
+        attempts; returns (records, errors)."""
+        counted = self.guard.call(self.queue.counted, job.id)
+        keys = dataset_keys(job.id)
+        signals: list[RecordSignals] = []
+        by_tag: dict[str, int] = {}
+        with tempfile.TemporaryDirectory(prefix="contrail-final-", dir=self.scratch_dir) as tmp:
+            with DatasetWriter(Path(tmp) / "dataset") as writer:
+                for shard, attempt in counted.items():
+                    records_key, errors_key = shard_output_keys(job.id, shard, attempt.attempt)
+                    if attempt.completed:
+                        for line in self.storage.read_lines(records_key):
+                            record = RationaleRecord.model_validate_json(line)
+                            writer.write(record)
+                            signals.append(record_signals(record))
+                            by_tag[record.tag.value] = by_tag.get(record.tag.value, 0) + 1
+                    if attempt.failed:
+                        for line in self.storage.read_lines(errors_key):
+                            writer.write(ItemError.model_validate_json(line))
+            if (writer.records, writer.errors) != (job.completed, job.failed):
+                raise RuntimeError(
+                    f"counted shards hold {writer.records} records and {writer.errors} errors; "
+                    f"the job counted {job.completed} and {job.failed}"
+                )
+            self.storage.put(keys["dataset"], writer.jsonl_path)
+            assert writer.parquet_path is not None
+            self.storage.put(keys["parquet"], writer.parquet_path)
+            self.storage.put(keys["errors"], writer.errors_path)
+        manifest = _manifest(job, keys, by_tag, signals)
+        self.storage.put(keys["manifest"], manifest.model_dump_json(indent=2).encode())
+        return writer.records, writer.errors
+
+
+class FinalizeRetry(Exception):
+    """This delivery of a finalize message failed; another delivery will try again."""
+
+
+def _manifest(
+    job: JobRecord,
+    keys: dict[str, str],
+    by_tag: dict[str, int],
+    signals: list[RecordSignals],
+) -> Manifest:
+    """The manifest: a function of the frozen job only, so repeating it is byte-identical."""
+    frozen_at = job.frozen_at or job.created_at
+    return Manifest(
+        job_id=job.id,
+        task=job.task,
+        model=job.model,
+        decoding=job.decoding,
+        request_counts=RequestCounts(total=job.total, completed=job.completed, failed=job.failed),
+        counts_by_tag=dict(sorted(by_tag.items())),
+        usage=Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens),
+        created_at=int(job.created_at),
+        completed_at=int(frozen_at),
+        engine_seconds=round(job.engine_seconds, 6),
+        wall_seconds=round(max(0.0, frozen_at - job.created_at), 3),
+        files={"dataset": keys["dataset"], "parquet": keys["parquet"], "errors": keys["errors"]},
+        metadata=job.metadata,
+        quality=summary_from_signals(signals).model_dump(mode="json"),
+    )

@@ -1,0 +1,28 @@
+"""The container healthcheck: exit 0 when a live worker of this host serves the model."""
+
+from __future__ import annotations
+
+import socket
+
+import redis
+
+from contrail.core.jobs.queue import JobQueue
+from contrail.worker.settings import WorkerSettings
+
+HEALTHY, NO_WORKER, REDIS_DOWN = 0, 1, 2
+
+
+def check(settings: WorkerSettings) -> int:
+    """0: a live worker of this host announces the configured model; 1: none does;
+    2: Redis cannot be reached."""
+    r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    host = socket.gethostname()
+    try:
+        workers = JobQueue(r, settings.model).live_workers()
+    except redis.RedisError:
+        return REDIS_DOWN
+    finally:
+        r.close()
+    if any(w.get("host") == host and w.get("model") == settings.model for w in workers):
+        return HEALTHY
+    return NO_WORKER

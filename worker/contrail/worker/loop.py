@@ -1,0 +1,294 @@
+"""The worker loop (after arq's): start up, read the model's stream in waves, process, and shut
+down cleanly.
+
+- Reading: reclaim messages other (dead) workers left idle, then read new ones, up to
+  `batch_shards` per wave. After a Redis outage nothing is reclaimed until Redis has been up for
+  `claim_idle_ms`, so live workers' heartbeats refresh what they hold first.
+- Heartbeat (a thread, running until the process exits): announces the worker and its model with
+  a TTL, and keeps the messages in hand from going idle. It survives any error, so a Redis
+  hiccup never de-registers a working worker.
+- SIGTERM/SIGINT: stop reading, finish the wave in hand (the heartbeat keeps running), exit 0.
+  If the wave outlasts `shutdown_grace_s`, or on a second signal, the messages in hand are given
+  back to the queue without spending a delivery, and the process exits 0.
+- A failure while processing never strands messages: those still in hand stop being touched, so
+  they go idle and are redelivered (spending a delivery; enough failures dead-letter them).
+- The reconciler (`contrail.core.jobs.reconciler`) runs in a thread of every worker too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from types import FrameType
+
+import redis
+
+from contrail.core.jobs import protocol
+from contrail.core.jobs.queue import JobQueue, QueueMessage
+from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
+from contrail.core.storage import Storage, StorageUnavailable
+from contrail.worker.engine.base import Engine
+from contrail.worker.finalize import Finalizer, FinalizeRetry
+from contrail.worker.resilience import Abandoned, RedisGuard
+from contrail.worker.settings import WorkerSettings
+from contrail.worker.shards import ShardProcessor
+
+log = logging.getLogger("contrail.worker")
+
+
+def make_engine(settings: WorkerSettings) -> Engine:
+    """The engine this worker decodes with (settings.engine; options from engine_options)."""
+    from contrail.worker.engine.factory import create_engine
+
+    return create_engine(
+        settings.engine,
+        settings.model,
+        cache_dir=settings.model_cache_dir,
+        options=settings.engine_options,
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        engine: Engine | None = None,
+        burst: bool = False,
+        worker_id: str | None = None,
+    ) -> None:
+        self.s = settings
+        self.burst = burst
+        self.host = socket.gethostname()
+        self.id = worker_id or f"{self.host}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        self.r = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.block_ms / 1000 + 10,
+            socket_connect_timeout=5,
+        )
+        self.queue = JobQueue(self.r, settings.model)
+        self.storage = Storage(settings.storage_url, retry_for_s=settings.storage_retry_s)
+        self.engine = engine
+        self.stopping = threading.Event()  # stop reading new work
+        self.exiting = threading.Event()  # stop everything (heartbeat, retries)
+        self.guard = RedisGuard(self.exiting)
+        self.in_hand: dict[str, QueueMessage] = {}
+        self._lock = threading.Lock()
+        self._heartbeat: threading.Thread | None = None
+        self._reconciler: ReconcilerThread | None = None
+        self._signals = 0
+        self.waves = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def startup(self) -> None:
+        if self.engine is None:
+            self.engine = make_engine(self.s)
+        self.guard.call(self.queue.ensure_group)
+        self.guard.call(self._beat)
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat")
+        self._heartbeat.daemon = True
+        self._heartbeat.start()
+        reconciler = Reconciler(
+            self.r,
+            self.storage,
+            owner=f"worker-{self.id}",
+            stall_s=self.s.reconcile_stall_s,
+            lease_s=max(3 * self.s.reconcile_interval_s, 5.0),
+        )
+        self._reconciler = ReconcilerThread(reconciler, self.s.reconcile_interval_s)
+        self._reconciler.start()
+        log.info("worker %s serves %s from %s", self.id, self.s.model, self.queue.stream)
+
+    def run(self) -> int:
+        self.startup()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    msgs = self.fetch()
+                except Abandoned:
+                    raise
+                except Exception:  # e.g. Redis refusing writes (OOM): keep the process alive
+                    log.exception("reading the queue failed; retrying")
+                    self.stopping.wait(1.0)
+                    continue
+                if msgs:
+                    self.process(msgs)
+                elif self.burst and self.guard.call(self.queue.drained):
+                    break
+        except Abandoned:
+            log.warning("stopped while redis was unavailable")
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Give back anything still in hand, leave the worker registry, stop the threads."""
+        self.stopping.set()
+        if self._reconciler is not None:
+            self._reconciler.stop()
+        self.release()
+        self.exiting.set()
+        try:
+            self.queue.retire(self.id)
+        except redis.RedisError as exc:
+            log.warning("could not leave the worker registry: %s", exc)
+        if self.engine is not None:
+            self.engine.close()
+
+    def release(self) -> None:
+        """Give the messages in hand back to the queue without spending a delivery."""
+        with self._lock:
+            ids = sorted(self.in_hand)
+        if not ids:
+            return
+        try:
+            n = self.queue.run(protocol.release(self.s.model, ids))
+            log.info("gave %d message(s) back to the queue", n)
+        except redis.RedisError as exc:  # they go idle and are reclaimed instead
+            log.warning("could not give back %d message(s): %s", len(ids), exc)
+        with self._lock:
+            for i in ids:
+                self.in_hand.pop(i, None)
+
+    # ------------------------------------------------------------------ signals
+    def handle_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("signal %s: finishing the wave in hand, then stopping", signum)
+            self.stopping.set()
+            timer = threading.Timer(self.s.shutdown_grace_s, self._stop_now)
+            timer.daemon = True
+            timer.start()
+        else:
+            self._stop_now()
+
+    def _stop_now(self) -> None:
+        """Grace period over (or a second signal): give back the wave in hand and exit."""
+        log.warning("stopping now; giving back %d message(s)", len(self.in_hand))
+        self.release()
+        self.exiting.set()
+        with contextlib.suppress(redis.RedisError):
+            self.queue.retire(self.id)
+        os._exit(0)
+
+    # ------------------------------------------------------------------ heartbeat
+    def _beat(self) -> None:
+        with self._lock:
+            ids = sorted(self.in_hand)
+        info: dict[str, str | int] = {
+            "pid": os.getpid(),
+            "engine": self.s.engine,
+            "waves": self.waves,
+            "in_hand": len(ids),
+            "beat_at": f"{time.time():.3f}",
+        }
+        self.queue.announce(self.id, info, self.s.heartbeat_ttl_s)
+        self.queue.touch(self.id, ids, self.s.claim_idle_ms // 2)
+
+    def _heartbeat_loop(self) -> None:
+        while not self.exiting.wait(self.s.heartbeat_interval_s):
+            try:
+                self._beat()
+                self.guard.mark_up()
+            except Exception as exc:  # never let the heartbeat die: the worker would vanish
+                self.guard.note_failure()
+                log.warning("heartbeat failed: %s", exc)
+
+    # ------------------------------------------------------------------ reading
+    def fetch(self) -> list[QueueMessage]:
+        n = self.s.batch_shards
+        msgs: list[QueueMessage] = []
+        if self.guard.up_for() * 1000 >= self.s.claim_idle_ms:
+            msgs = self.guard.call(self.queue.reclaim, self.id, self.s.claim_idle_ms, n)
+            if msgs:
+                log.info("reclaimed %d idle message(s)", len(msgs))
+        if len(msgs) < n and not self.stopping.is_set():
+            block = None if msgs else self.s.block_ms
+            msgs += self.guard.call(self.queue.read, self.id, n - len(msgs), block)
+        with self._lock:
+            self.in_hand.update((m.id, m) for m in msgs)
+        return msgs
+
+    def _done_with(self, msg: QueueMessage) -> None:
+        with self._lock:
+            self.in_hand.pop(msg.id, None)
+
+    # ------------------------------------------------------------------ processing
+    def process(self, msgs: list[QueueMessage]) -> None:
+        try:
+            self._process(msgs)
+        except (Abandoned, StorageUnavailable) as exc:
+            # Nothing wrong with the work itself: give it back untouched, delivery kept.
+            log.warning("giving the wave back: %s", exc)
+            self.release()
+            if isinstance(exc, Abandoned):
+                raise
+        except Exception:
+            log.exception("processing a wave failed; its messages will be redelivered")
+        finally:
+            self._let_go(msgs)
+
+    def _let_go(self, msgs: list[QueueMessage]) -> None:
+        """Messages of this wave still in hand stop being touched: they go idle and are
+        redelivered (spending a delivery)."""
+        with self._lock:
+            for m in msgs:
+                self.in_hand.pop(m.id, None)
+
+    def _process(self, msgs: list[QueueMessage]) -> None:
+        assert self.engine is not None
+        shards = ShardProcessor(
+            self.queue,
+            self.storage,
+            self.engine,
+            self.guard,
+            model=self.s.model,
+            max_deliveries=self.s.max_deliveries,
+            done_with=self._done_with,
+        )
+        work = []
+        for msg in (m for m in msgs if m.kind == "shard"):
+            try:
+                w = shards.prepare(msg)
+            except (Abandoned, StorageUnavailable):
+                raise
+            except Exception:
+                log.exception("shard %s of %s failed to load", msg.shard, msg.job_id)
+                self._failed(shards, msg)
+                continue
+            if w is not None:
+                work.append(w)
+        if work:
+            report = shards.decode(work)
+            self.waves += 1
+            for msg in report.failed:
+                self._failed(shards, msg)
+        for msg in (m for m in msgs if m.kind == "finalize"):
+            self._finalize(msg)
+
+    def _failed(self, shards: ShardProcessor, msg: QueueMessage) -> None:
+        """A shard that failed this delivery: dead-letter it on its last delivery, else let it
+        go idle for a redelivery."""
+        if msg.deliveries >= self.s.max_deliveries:
+            job = self.guard.call(self.queue.job, msg.job_id)
+            shards.dead_letter(msg, job, f"failed on delivery {msg.deliveries}")
+        else:
+            self._done_with(msg)
+
+    def _finalize(self, msg: QueueMessage) -> None:
+        finalizer = Finalizer(
+            self.queue,
+            self.storage,
+            self.guard,
+            max_deliveries=self.s.max_deliveries,
+            retention_s=self.s.job_retention_s,
+            scratch_dir=self.s.scratch_dir,
+        )
+        # A failed delivery lets the message go idle: redelivered to this or another worker.
+        with contextlib.suppress(FinalizeRetry):
+            finalizer.process(msg)
+        self._done_with(msg)

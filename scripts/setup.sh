@@ -36,4 +36,7 @@ fi
 
 echo "setup: installing contrail (editable) with service, worker, dev and eval extras"
 "${PIP[@]}" install -q -e ".[service,worker,dev,eval]"
+# setuptools may leave contrail.egg-info in the repository root; Python started from here would
+# read its (possibly stale) metadata, entry points included, before the installed one.
+rm -rf contrail.egg-info
 echo "setup: done (.venv)"

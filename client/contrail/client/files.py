@@ -11,7 +11,7 @@ from typing import IO, Any
 from tqdm.auto import tqdm
 
 from contrail.client._base import AsyncAPI, RequestOptions, SyncAPI, check_id
-from contrail.client.types import FileObject, TaskName
+from contrail.client.types import Deleted, FileObject, TaskName
 
 __all__ = ["AsyncFiles", "FileInput", "Files"]
 
@@ -132,6 +132,12 @@ class Files:
         response = self._client.request(RequestOptions("GET", f"/v1/files/{file_id}"))
         return FileObject.model_validate_json(response.content)
 
+    def delete(self, file_id: str) -> Deleted:
+        """``DELETE /v1/files/{file_id}`` (409 while a running job reads it)."""
+        check_id("file_id", file_id)
+        response = self._client.request(RequestOptions("DELETE", f"/v1/files/{file_id}"))
+        return Deleted.model_validate_json(response.content)
+
 
 class AsyncFiles:
     def __init__(self, client: AsyncAPI) -> None:
@@ -165,3 +171,9 @@ class AsyncFiles:
         check_id("file_id", file_id)
         response = await self._client.request(RequestOptions("GET", f"/v1/files/{file_id}"))
         return FileObject.model_validate_json(response.content)
+
+    async def delete(self, file_id: str) -> Deleted:
+        """``DELETE /v1/files/{file_id}`` (409 while a running job reads it)."""
+        check_id("file_id", file_id)
+        response = await self._client.request(RequestOptions("DELETE", f"/v1/files/{file_id}"))
+        return Deleted.model_validate_json(response.content)

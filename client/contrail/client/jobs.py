@@ -23,6 +23,7 @@ from contrail.client.pagination import AsyncCursorPage, AsyncPaginator, SyncCurs
 from contrail.client.types import (
     DatasetLocation,
     DecodingSettings,
+    Deleted,
     Demonstration,
     Item,
     ItemError,
@@ -53,6 +54,7 @@ def _create_options(
     decoding: DecodingSettings | Mapping[str, Any] | None,
     demonstrations: Sequence[Demonstration | Mapping[str, Any]] | None,
     metadata: Mapping[str, str] | None,
+    completion_window: str,
     idempotency_key: str | None,
 ) -> RequestOptions:
     body = JobCreate.model_validate(
@@ -76,6 +78,7 @@ def _create_options(
                 else None
             ),
             "metadata": dict(metadata) if metadata is not None else None,
+            "completion_window": completion_window,
         }
     )
     # One key for every attempt: a retried create after a lost answer returns the same job.
@@ -170,12 +173,14 @@ class Jobs:
         decoding: DecodingSettings | Mapping[str, Any] | None = None,
         demonstrations: Sequence[Demonstration | Mapping[str, Any]] | None = None,
         metadata: Mapping[str, str] | None = None,
+        completion_window: str = "24h",
         idempotency_key: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
-        idempotency key is generated once and sent with every retry."""
+        idempotency key is generated once and sent with every retry. After
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``."""
         options = _create_options(
             model=model,
             task=task,
@@ -184,6 +189,7 @@ class Jobs:
             decoding=decoding,
             demonstrations=demonstrations,
             metadata=metadata,
+            completion_window=completion_window,
             idempotency_key=idempotency_key,
         )
         response = self._client.request(options)
@@ -210,6 +216,19 @@ class Jobs:
         """``POST /v1/jobs/{job_id}/cancel``: the job goes to ``cancelling``, then ``cancelled``."""
         check_id("job_id", job_id)
         response = self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/cancel"))
+        return Job.model_validate_json(response.content)
+
+    def delete(self, job_id: str) -> Deleted:
+        """``DELETE /v1/jobs/{job_id}``: a finished job and all its stored data."""
+        check_id("job_id", job_id)
+        response = self._client.request(RequestOptions("DELETE", f"/v1/jobs/{job_id}"))
+        return Deleted.model_validate_json(response.content)
+
+    def resubmit(self, job_id: str) -> Job:
+        """``POST /v1/jobs/{job_id}/resubmit``: a new job over the failed (or, for a cancelled
+        or expired job, unfinished) items of a finished one, with the same settings."""
+        check_id("job_id", job_id)
+        response = self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/resubmit"))
         return Job.model_validate_json(response.content)
 
     def wait(
@@ -321,12 +340,14 @@ class AsyncJobs:
         decoding: DecodingSettings | Mapping[str, Any] | None = None,
         demonstrations: Sequence[Demonstration | Mapping[str, Any]] | None = None,
         metadata: Mapping[str, str] | None = None,
+        completion_window: str = "24h",
         idempotency_key: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
-        idempotency key is generated once and sent with every retry."""
+        idempotency key is generated once and sent with every retry. After
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``."""
         options = _create_options(
             model=model,
             task=task,
@@ -335,6 +356,7 @@ class AsyncJobs:
             decoding=decoding,
             demonstrations=demonstrations,
             metadata=metadata,
+            completion_window=completion_window,
             idempotency_key=idempotency_key,
         )
         response = await self._client.request(options)
@@ -364,6 +386,20 @@ class AsyncJobs:
         """``POST /v1/jobs/{job_id}/cancel``: the job goes to ``cancelling``, then ``cancelled``."""
         check_id("job_id", job_id)
         response = await self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/cancel"))
+        return Job.model_validate_json(response.content)
+
+    async def delete(self, job_id: str) -> Deleted:
+        """``DELETE /v1/jobs/{job_id}``: a finished job and all its stored data."""
+        check_id("job_id", job_id)
+        response = await self._client.request(RequestOptions("DELETE", f"/v1/jobs/{job_id}"))
+        return Deleted.model_validate_json(response.content)
+
+    async def resubmit(self, job_id: str) -> Job:
+        """``POST /v1/jobs/{job_id}/resubmit``: a new job over the failed (or, for a cancelled
+        or expired job, unfinished) items of a finished one, with the same settings."""
+        check_id("job_id", job_id)
+        options = RequestOptions("POST", f"/v1/jobs/{job_id}/resubmit")
+        response = await self._client.request(options)
         return Job.model_validate_json(response.content)
 
     async def wait(

@@ -1,0 +1,5 @@
+import sys
+
+from contrail.client.cli.main import main
+
+sys.exit(main())

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,8 +118,14 @@ class Valkey:
     def stop(self) -> None:
         _stop(self.proc)
 
-    def restart(self, down_s: float = 0.0) -> None:
-        self.stop()
+    def kill9(self) -> None:
+        """Crash it: no shutdown, no final AOF rewrite or flush beyond what fsync already did."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def restart(self, down_s: float = 0.0, *, crash: bool = False) -> None:
+        self.kill9() if crash else self.stop()
         time.sleep(down_s)
         self.start()
 
@@ -274,19 +280,32 @@ class ApiServer:
     def stop(self) -> None:
         _stop(self.proc)
 
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
 
 class WorkerProc:
-    """`python -m contrail.worker.consumer` as a subprocess (kill -9 it in tests)."""
+    """`python -m contrail.worker` as a subprocess (kill -9 it in tests)."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path, *, burst: bool = False) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        burst: bool = False,
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.env = dict(env)
         self.burst = burst
         self.log_dir = log_dir
+        self.prefix = list(prefix)  # e.g. a namespace wrapper that execs the worker
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
     def start(self) -> WorkerProc:
-        args = [PY, "-m", "contrail.worker.consumer"]
+        args = [*self.prefix, PY, "-m", "contrail.worker"]
         if self.burst:
             args.append("--burst")
         n = len(list(self.log_dir.glob("worker-*.log")))

@@ -9,7 +9,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,9 @@ class Stack:
             "CONTRAIL_CLAIM_IDLE_MS": "4000",
             "CONTRAIL_HEARTBEAT_INTERVAL_S": "0.5",
             "CONTRAIL_HEARTBEAT_TTL_S": "5",
+            "CONTRAIL_RECONCILE_INTERVAL_S": "1",
+            "CONTRAIL_RECONCILE_STALL_S": "5",
+            "CONTRAIL_STORAGE_RETRY_S": "600",
             "CONTRAIL_ENGINE_OPTIONS": json.dumps({"max_batch": 64}),
             "TOKENIZERS_PARALLELISM": "false",
             "OMP_NUM_THREADS": "1",
@@ -60,8 +63,10 @@ class Stack:
         self.api = ApiServer(self.env, self.tmp).start()
         return self.api
 
-    def worker(self, *, burst: bool = False, wait: bool = True, **env: str) -> WorkerProc:
-        w = WorkerProc({**self.env, **env}, self.tmp, burst=burst).start()
+    def worker(
+        self, *, burst: bool = False, wait: bool = True, prefix: Sequence[str] = (), **env: str
+    ) -> WorkerProc:
+        w = WorkerProc({**self.env, **env}, self.tmp, burst=burst, prefix=prefix).start()
         self.workers.append(w)
         if wait:
             try:
@@ -111,6 +116,20 @@ class Stack:
         logs = "\n".join(w.log()[-3000:] for w in self.workers)
         raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s\n{logs}")
 
+    def worker_settings(self, **overrides: Any) -> Any:
+        """WorkerSettings of this stack, for a worker run in the test process."""
+        from contrail.worker.settings import WorkerSettings
+
+        env: dict[str, Any] = {
+            k.removeprefix("CONTRAIL_").lower(): v
+            for k, v in self.env.items()
+            if k.startswith("CONTRAIL_")
+        }
+        env["engine_options"] = json.loads(env.get("engine_options", "{}"))
+        for k, v in self.s3.env().items():
+            os.environ[k] = v
+        return WorkerSettings.model_validate({**env, **overrides})
+
     # ---- storage (read back what the workers wrote)
     def storage(self) -> Any:
         from contrail.core.storage import Storage
@@ -152,10 +171,12 @@ def make_stack(tmp_path: Path, s3_server: SeaweedS3, service_model_cache: Path) 
     stacks: list[Stack] = []
     valkeys: list[Valkey] = []
 
-    def make(*, aof: bool = False, start_api: bool = True, **env: str) -> Stack:
+    def make(
+        *, aof: bool = False, start_api: bool = True, s3: SeaweedS3 | None = None, **env: str
+    ) -> Stack:
         vk = Valkey(tmp_path / f"valkey{len(valkeys)}", aof=aof).start()
         valkeys.append(vk)
-        stack = Stack(tmp_path, s3_server, vk, service_model_cache, **env)
+        stack = Stack(tmp_path, s3 or s3_server, vk, service_model_cache, **env)
         stacks.append(stack)
         if start_api:
             stack.start_api()

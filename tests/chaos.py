@@ -1,0 +1,223 @@
+"""Chaos on the real stack: jobs run while workers are killed (-9), Redis is crashed (-9) or
+restarted, S3 goes away, and the API is killed (-9) while jobs are being created. Afterwards,
+every job must be terminal and hold each owed rationale exactly once.
+
+Used by tests/test_chaos.py (a bounded run) and bench/chaos.py (a long one, results in
+docs/bench/chaos.json).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+from contrail.core.jobs import keys
+from tests.faults import expected_pairs, redis_client, stats, stored
+from tests.servers import SeaweedS3
+from tests.service_fixtures import Stack, WorkerProc, items_jsonl
+
+
+@dataclass
+class ChaosPlan:
+    workers: int = 3
+    jobs: int = 4
+    late_jobs: int = 2  # created with idempotency keys while the API is killed
+    items_per_job: int = 64
+    worker_kills: int = 4
+    redis_crashes: int = 1  # kill -9 and restart (AOF, fsync always)
+    redis_restarts: int = 0  # graceful restart
+    redis_down_s: float = 2.0
+    s3_outages: int = 1
+    s3_down_s: float = 10.0
+    api_kills: int = 1
+    interval_s: float = 4.0
+    decoding: dict[str, Any] = field(
+        default_factory=lambda: {"max_new_tokens": 48, "counterfactual_fraction": 0.25}
+    )
+    seed: int = 0
+
+
+@dataclass
+class ChaosReport:
+    plan: dict[str, Any]
+    faults: list[tuple[float, str]] = field(default_factory=list)
+    jobs: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    rationales_owed: int = 0
+    rationales_stored: int = 0
+    item_errors: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    twice_decoded: int = 0  # shard attempts finished after another attempt was counted
+    skipped_redeliveries: int = 0  # redelivered counted shards acknowledged without decoding
+    dead_lettered: int = 0
+    shards_counted: int = 0
+    shards_owed: int = 0
+    jobs_listed: int = 0  # the tenant's jobs: equal to `jobs` when no creation was doubled
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Chaos:
+    def __init__(self, stack: Stack, s3: SeaweedS3, plan: ChaosPlan) -> None:
+        self.stack = stack
+        self.s3 = s3
+        self.plan = plan
+        self.rng = random.Random(plan.seed)
+        self.report = ChaosReport(plan=asdict(plan))
+        self.jobs: dict[str, list[str]] = {}  # job id -> its item ids
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self.extra_faults: list[Callable[[], None]] = []  # bench/chaos.py adds a long outage
+
+    # ------------------------------------------------------------------ jobs
+    def _create(self, n: int, start: int, key: str | None = None) -> str:
+        """Upload and create, retrying through API outages (same key on every attempt)."""
+        body = items_jsonl(n, start)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with self.stack.client() as c:
+                    r = c.post("/v1/files", params={"task": "generic"}, content=body,
+                               headers={"Content-Type": "application/jsonl"})  # fmt: skip
+                    if r.status_code != 201:
+                        raise httpx.TransportError(f"upload answered {r.status_code}")
+                    headers = {"Idempotency-Key": key} if key else {}
+                    payload = {"input_file_id": r.json()["id"], "model": "tiny",
+                               "decoding": self.plan.decoding}  # fmt: skip
+                    r = c.post("/v1/jobs", json=payload, headers=headers)
+                    if r.status_code in (200, 201):
+                        job_id = str(r.json()["id"])
+                        with self._lock:
+                            self.jobs[job_id] = [f"q{i:06d}" for i in range(start, start + n)]
+                        return job_id
+                    raise httpx.TransportError(f"create answered {r.status_code}: {r.text}")
+            except httpx.TransportError:
+                time.sleep(0.3)
+        raise AssertionError("could not create a job within two minutes")
+
+    # ------------------------------------------------------------------ faults
+    def _note(self, what: str) -> None:
+        self.report.faults.append((round(time.monotonic() - self.started, 1), what))
+
+    def _live_workers(self) -> list[WorkerProc]:
+        return [w for w in self.stack.workers if w.proc is not None and w.proc.poll() is None]
+
+    def kill_worker(self) -> None:
+        victim = self.rng.choice(self._live_workers())
+        victim.kill9()
+        self.stack.worker(wait=False)
+        self._note(f"worker {victim.pid} kill -9 (replaced)")
+
+    def crash_redis(self) -> None:
+        self.stack.valkey.restart(down_s=self.plan.redis_down_s, crash=True)
+        self._note(f"redis kill -9, down {self.plan.redis_down_s}s")
+
+    def restart_redis(self) -> None:
+        self.stack.valkey.restart(down_s=self.plan.redis_down_s)
+        self._note(f"redis graceful restart, down {self.plan.redis_down_s}s")
+
+    def s3_outage(self) -> None:
+        self.s3.stop()
+        time.sleep(self.plan.s3_down_s)
+        self.s3.start()
+        self._note(f"s3 down {self.plan.s3_down_s}s")
+
+    def kill_api_during_creation(self) -> None:
+        base = 1_000_000 + 10_000 * len(self.report.faults)
+        keys_ = [f"chaos-{uuid.uuid4().hex[:8]}" for _ in range(self.plan.late_jobs)]
+        threads = [
+            threading.Thread(
+                target=self._create, args=(self.plan.items_per_job, base + i * 1000, k)
+            )
+            for i, k in enumerate(keys_)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(self.rng.uniform(0.05, 0.4))
+        api = self.stack.api
+        assert api is not None
+        api.kill9()
+        time.sleep(1.0)
+        api.start()
+        for t in threads:
+            t.join(150)
+        self._note(f"api kill -9 during {len(keys_)} creation(s)")
+
+    # ------------------------------------------------------------------ run
+    def run(self, timeout_s: float = 600) -> ChaosReport:
+        p = self.plan
+        for _ in range(p.workers):
+            self.stack.worker(wait=False)
+        for i in range(p.jobs):
+            self._create(p.items_per_job, i * 1000)
+        faults = (
+            [self.kill_worker] * p.worker_kills
+            + [self.crash_redis] * p.redis_crashes
+            + [self.restart_redis] * p.redis_restarts
+            + [self.s3_outage] * p.s3_outages
+            + [self.kill_api_during_creation] * p.api_kills
+            + self.extra_faults
+        )
+        self.rng.shuffle(faults)
+        for fault in faults:
+            time.sleep(p.interval_s)
+            fault()
+        self._wait_terminal(timeout_s)
+        return self._count()
+
+    def _wait_terminal(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.jobs)
+        while pending and time.monotonic() < deadline:
+            with self.stack.client() as c:
+                for job_id in list(pending):
+                    try:
+                        status = c.get(f"/v1/jobs/{job_id}").json().get("status")
+                    except httpx.HTTPError:
+                        continue
+                    if status in ("completed", "failed", "cancelled", "expired"):
+                        pending.discard(job_id)
+            time.sleep(0.5)
+        if pending:
+            raise AssertionError(f"jobs not terminal after {timeout_s}s: {sorted(pending)}")
+
+    def _count(self) -> ChaosReport:
+        rep = self.report
+        rep.wall_s = round(time.monotonic() - self.started, 1)
+        shard_size = int(self.stack.env["CONTRAIL_SHARD_SIZE"])
+        with self.stack.client() as c:
+            for job_id, ids in sorted(self.jobs.items()):
+                job = c.get(f"/v1/jobs/{job_id}").json()
+                rep.statuses[job["status"]] = rep.statuses.get(job["status"], 0) + 1
+                want = expected_pairs(ids, self.plan.decoding)
+                pairs, errors = stored(self.stack, job_id)
+                got = Counter(pairs)
+                failed = {(e["item_id"], e["tag"]) for e in errors}
+                rep.rationales_owed += len(want)
+                rep.rationales_stored += len(pairs)
+                rep.item_errors += len(errors)
+                rep.lost += len(want - set(got) - failed)
+                rep.duplicated += sum(k - 1 for k in got.values() if k > 1)
+                rep.shards_owed += -(-len(ids) // shard_size)
+        rep.jobs = len(self.jobs)
+        counters = stats(self.stack)
+        rep.twice_decoded = counters.get("shards_duplicate", 0)
+        rep.skipped_redeliveries = counters.get("shards_skipped", 0)
+        rep.dead_lettered = counters.get("shards_dead", 0)
+        rep.shards_counted = counters.get("shards_done", 0)
+        with self.stack.client() as c:
+            rep.jobs_listed = len(c.get("/v1/jobs", params={"limit": 100}).json()["data"])
+        r = redis_client(self.stack)
+        assert r.xlen(keys.stream("tiny")) == 0, "messages left in the stream"
+        return rep

@@ -1,0 +1,49 @@
+"""A bounded chaos run (about two minutes of faults): several workers, repeated kill -9, a
+Redis kill -9 restart, an S3 outage and an API kill -9 during job creation. Nothing may be lost
+or duplicated, no finished decode repeated, every job must complete. bench/chaos.py runs the
+long version."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.chaos import Chaos, ChaosPlan
+from tests.servers import SeaweedS3
+from tests.service_fixtures import Stack
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_s3() -> Iterator[SeaweedS3]:
+    with tempfile.TemporaryDirectory(prefix="contrail-weed-") as d:
+        server = SeaweedS3(Path(d)).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def test_chaos(make_stack: Any, own_s3: SeaweedS3) -> None:
+    stack: Stack = make_stack(
+        aof=True,
+        s3=own_s3,
+        CONTRAIL_CLAIM_IDLE_MS="2000",
+        CONTRAIL_HEARTBEAT_INTERVAL_S="0.3",
+    )
+    plan = ChaosPlan(workers=3, jobs=4, late_jobs=2, worker_kills=4, interval_s=5.0)
+    report = Chaos(stack, own_s3, plan).run(timeout_s=400)
+    summary = report.as_dict()
+    assert report.statuses == {"completed": report.jobs}, summary
+    assert report.jobs == plan.jobs + plan.late_jobs * plan.api_kills
+    assert report.jobs_listed == report.jobs, summary  # no creation doubled by the API crash
+    assert report.lost == 0 and report.duplicated == 0, summary
+    assert report.twice_decoded == 0, summary
+    assert report.dead_lettered == 0 and report.item_errors == 0, summary
+    assert report.shards_counted == report.shards_owed, summary
+    assert report.rationales_stored == report.rationales_owed, summary

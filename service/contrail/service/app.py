@@ -20,7 +20,7 @@ from contrail.client.types import ErrorDetail, ErrorResponse
 from contrail.core.storage import Storage
 from contrail.service.errors import ApiError, error_body
 from contrail.service.metrics import API_ERRORS
-from contrail.service.routers import files, health, jobs, models
+from contrail.service.routers import files, health, jobs, models, ui
 from contrail.service.settings import ApiSettings, get_settings
 
 log = logging.getLogger("contrail.service")
@@ -90,7 +90,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
-    for router in (files.router, jobs.router, models.router, health.router):
+    for router in (files.router, jobs.router, models.router, health.router, ui.router):
         app.include_router(router)
 
     _document_errors(app)

@@ -32,6 +32,11 @@ class ApiSettings(CommonSettings):
     )
     idempotency_ttl_s: int = 24 * 3600
     url_expiry_s: int = 3600
+    viewer_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        description="Memory for the viewer's cache of parsed shards and Parquet columns.",
+    )
     require_live_worker: bool = Field(
         default=True, description="Reject jobs for models no live worker serves (422)."
     )

@@ -85,6 +85,15 @@ def test_browser_sign_in_watch_progress_open_rationale_and_refuse_other_tenant(
     assert pg.locator(f"tr[data-job='{vs.job_other}']").count() == 0  # beta's job is not listed
     _axe(pg, "jobs")
 
+    # Cancel from the list (a job for a model nobody serves stays in progress until then).
+    stuck = pg.locator(f"tr[data-job='{vs.job_stuck}']")
+    pg.once("dialog", lambda d: d.accept())
+    stuck.get_by_role("button", name=f"Cancel job {vs.job_stuck}").click()
+    stuck.locator(".st.cancelling").wait_for()
+    assert stuck.get_by_role("button").count() == 0
+    with vs.stack.client() as c:
+        assert c.get(f"/v1/jobs/{vs.job_stuck}").json()["status"] == "cancelling"
+
     # The job page's progress bar moves by itself (it polls) from 0 to the total.
     assert _show(pg, f"#/jobs/{vs.job_a}") == "ready"
     bar = pg.get_by_role("progressbar", name=f"Progress of job {vs.job_a}")

@@ -32,6 +32,7 @@ class ViewerStack:
     job_a: str  # contrastive, counterfactuals for half the items
     job_b: str  # greedy over the same file
     job_other: str  # tenant beta's
+    job_stuck: str  # for a model no worker serves: stays in progress until cancelled
     worker_started: bool = False
     _results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
@@ -58,9 +59,11 @@ class ViewerStack:
         return self._results[job]
 
 
-def _submit(stack: Stack, key: str, file_id: str, decoding: dict[str, Any]) -> str:
+def _submit(
+    stack: Stack, key: str, file_id: str, decoding: dict[str, Any], model: str = MODEL
+) -> str:
     with stack.client(key) as c:
-        body = {"input_file_id": file_id, "model": MODEL, "decoding": decoding}
+        body = {"input_file_id": file_id, "model": model, "decoding": decoding}
         r = c.post("/v1/jobs", json=body)
         assert r.status_code == 201, r.text
         return str(r.json()["id"])
@@ -85,11 +88,13 @@ def viewer_stack(
         stack.start_api()
         file_a = stack.upload(items_jsonl(N_ITEMS)).json()["id"]
         file_b = stack.upload(items_jsonl(4), key=KEY_B).json()["id"]
+        file_b_a = stack.upload(items_jsonl(4)).json()["id"]
         vs = ViewerStack(
             stack,
             job_a=_submit(stack, KEY_A, file_a, {"mode": "contrastive", **DECODING}),
             job_b=_submit(stack, KEY_A, file_a, {"mode": "greedy", **DECODING}),
             job_other=_submit(stack, KEY_B, file_b, {"mode": "greedy", **DECODING}),
+            job_stuck=_submit(stack, KEY_A, file_b_a, DECODING, model="nobody-serves-this"),
         )
         yield vs
     finally:

@@ -59,8 +59,11 @@ function update(tr, job, onCancel) {
   for (const [key, content] of Object.entries(c)) {
     const cell = tr.querySelector(`[data-cell="${key}"]`);
     const fresh = h("td", {}, content);
-    if (key === "actions" && cell.contains(document.activeElement)) continue;
-    if (cell.textContent !== fresh.textContent || key === "progress") clear(cell, content);
+    if (cell.textContent === fresh.textContent && key !== "progress") continue;
+    const hadFocus = cell.contains(document.activeElement);
+    clear(cell, content);
+    // A pressed Cancel button goes away with the cancel: keep the keyboard in this row.
+    if (hadFocus) (cell.querySelector("a, button") || tr.querySelector("a"))?.focus();
   }
 }
 

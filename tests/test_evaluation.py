@@ -20,6 +20,12 @@ from contrail.client.types import (
     Tag,
     TaskName,
 )
+from contrail.core.signals import (
+    content_words,
+    names_other_choice,
+    record_signals,
+    summarize_signals,
+)
 from contrail.worker.eval_las import (
     SimInput,
     bootstrap,
@@ -28,12 +34,6 @@ from contrail.worker.eval_las import (
     las_value,
     record_options,
     render_context,
-)
-from contrail.worker.eval_signals import (
-    content_words,
-    names_other_choice,
-    record_signals,
-    summarize_signals,
 )
 from contrail.worker.evaluation import (
     comparison_chart,

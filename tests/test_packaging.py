@@ -49,7 +49,10 @@ def test_every_source_module_and_data_file_is_in_the_wheel(wheel: Path) -> None:
         for path in (ROOT / folder).rglob("*")
         if path.is_file()
         and "__pycache__" not in path.parts
-        and (path.suffix in (".py", ".jsonl") or path.name == "py.typed")
+        and (
+            path.suffix in (".py", ".jsonl", ".js", ".css", ".html", ".svg")
+            or path.name == "py.typed"
+        )
     }
     missing = sorted(expected - names)
     assert not missing, (

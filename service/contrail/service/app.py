@@ -28,7 +28,7 @@ from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, StorageUnavailable
 from contrail.service.errors import ApiError, error_body
 from contrail.service.metrics import API_ERRORS
-from contrail.service.routers import files, health, jobs, models
+from contrail.service.routers import files, health, jobs, models, ui
 from contrail.service.settings import ApiSettings, get_settings
 
 log = logging.getLogger("contrail.service")
@@ -125,7 +125,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
-    for router in (files.router, jobs.router, models.router, health.router):
+    for router in (files.router, jobs.router, models.router, health.router, ui.router):
         app.include_router(router)
 
     _document_errors(app)

@@ -37,6 +37,11 @@ class ApiSettings(CommonSettings):
         ge=1,
         description="Give up on an object-storage request after this long (the API answers 503).",
     )
+    viewer_cache_mb: int = Field(
+        default=256,
+        ge=0,
+        description="Memory for the viewer's cache of parsed shards and Parquet columns.",
+    )
     require_live_worker: bool = Field(
         default=True, description="Reject jobs for models no live worker serves (422)."
     )

@@ -1,7 +1,7 @@
 """Writing rationale datasets: JSONL and Parquet side by side, streamed in batches.
 
-One Arrow schema for every dataset contrail writes (offline `generate` and job finalization), so
-a Parquet file from either path loads the same way.
+The Arrow schema, one for every dataset contrail writes and reads, is in
+`contrail.core.dataset_schema`.
 """
 
 from __future__ import annotations
@@ -15,39 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contrail.client.types import ItemError, RationaleRecord
-
-_DECODING = pa.struct(
-    [
-        ("mode", pa.string()),
-        ("perturbation", pa.string()),
-        ("contrast_answer", pa.string()),
-        ("lambda", pa.float64()),
-        ("alpha", pa.float64()),
-        ("temperature", pa.float64()),
-        ("max_new_tokens", pa.int64()),
-        ("seed", pa.int64()),
-    ]
-)
-
-RECORD_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("task", pa.string()),
-        ("question", pa.string()),
-        ("choices", pa.list_(pa.string())),
-        ("gold_answer", pa.string()),
-        ("answer", pa.string()),
-        ("tag", pa.string()),
-        ("rationale", pa.string()),
-        ("decoding", _DECODING),
-        ("model", pa.string()),
-        ("finish_reason", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("continuations", pa.int64()),
-        ("error", pa.string()),
-    ]
-)
+from contrail.core.dataset_schema import RECORD_SCHEMA
 
 
 def record_json(record: RationaleRecord) -> str:

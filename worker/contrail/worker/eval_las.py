@@ -46,8 +46,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord, TaskName
+from contrail.core.signals import answer_options
 from contrail.core.tasks.prompts import CHOICES_HEADER, format_choices, shows_choices
-from contrail.worker.eval_signals import answer_options
 
 Condition = Literal["qr", "q", "r"]
 CONDITIONS: Final[tuple[Condition, ...]] = ("qr", "q", "r")

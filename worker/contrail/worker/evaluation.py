@@ -6,7 +6,7 @@
     summary = summarize(records, simulator=LikelihoodSimulator())  # + LAS (loads a model)
 
 `summarize` is what a job finalizer calls; `QualitySummary` is JSON-ready (pydantic) for the
-manifest. Definitions: docs/QUALITY.md, `contrail.worker.eval_signals`, `contrail.worker.eval_las`.
+manifest. Definitions: docs/QUALITY.md, `contrail.core.signals`, `contrail.worker.eval_las`.
 
 Command line (the `contrail eval` / `contrail export` subcommands call these):
 
@@ -29,6 +29,12 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord
+from contrail.core.signals import (
+    RecordSignals,
+    SignalSummary,
+    record_signals,
+    summarize_signals,
+)
 from contrail.worker.eval_las import (
     DEFAULT_BOOTSTRAP,
     Calibration,
@@ -37,12 +43,6 @@ from contrail.worker.eval_las import (
     LikelihoodSimulator,
     Simulator,
     evaluate_las,
-)
-from contrail.worker.eval_signals import (
-    RecordSignals,
-    SignalSummary,
-    record_signals,
-    summarize_signals,
 )
 from contrail.worker.export import export_student, load_records
 

@@ -30,9 +30,9 @@ from contrail.client.types import (
 from contrail.core.jobs import protocol, states
 from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.record import JobRecord
+from contrail.core.signals import RecordSignals, record_signals
 from contrail.core.storage import Storage, dataset_keys, shard_output_keys
 from contrail.worker.dataset_writer import DatasetWriter
-from contrail.worker.eval_signals import RecordSignals, record_signals
 from contrail.worker.evaluation import summary_from_signals
 from contrail.worker.resilience import RedisGuard
 

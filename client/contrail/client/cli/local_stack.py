@@ -306,6 +306,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  export {ENV_BASE_URL}={base_url}")
         print(f"  export {ENV_API_KEY}={api_key}")
         print("  contrail submit items.jsonl --task generic --wait\n")
+        print(f"Viewer: {base_url}/ui/ (sign in with the API key above)\n")
         print("Ctrl-C stops everything.", flush=True)
         while True:
             stack.check_alive()

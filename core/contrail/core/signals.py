@@ -1,5 +1,8 @@
 """Cheap per-record quality signals of a rationale (no model; docs/QUALITY.md defines them).
 
+Shared by the workers (job finalization, `contrail eval`) and the API (the viewer shows them per
+record), so it lives in the torch-free core.
+
 - **length**: words (whitespace-separated) and the record's `completion_tokens`.
 - **restates** (restates the question/answer without adding information): the rationale's content
   words are its lower-cased alphanumeric words minus a fixed English stop-word list and

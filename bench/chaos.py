@@ -25,7 +25,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=8)
-    ap.add_argument("--items-per-job", type=int, default=128)
+    ap.add_argument("--items-per-job", type=int, default=400)
     ap.add_argument("--worker-kills", type=int, default=20)
     ap.add_argument("--redis-crashes", type=int, default=2)
     ap.add_argument("--redis-restarts", type=int, default=2)

@@ -49,6 +49,7 @@ class ChaosPlan:
 class ChaosReport:
     plan: dict[str, Any]
     faults: list[tuple[float, str]] = field(default_factory=list)
+    progress_at_faults: list[float | None] = field(default_factory=list)
     jobs: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     rationales_owed: int = 0
@@ -108,7 +109,22 @@ class Chaos:
 
     # ------------------------------------------------------------------ faults
     def _note(self, what: str) -> None:
+        """Record a fault with the share of owed rationales done when it ended (None when the
+        API could not say), to show the faults hit running jobs."""
         self.report.faults.append((round(time.monotonic() - self.started, 1), what))
+        self.report.progress_at_faults.append(self._progress())
+
+    def _progress(self) -> float | None:
+        done = total = 0
+        try:
+            with self.stack.client() as c:
+                for job_id in list(self.jobs):
+                    counts = c.get(f"/v1/jobs/{job_id}", timeout=5).json()["request_counts"]
+                    done += counts["completed"] + counts["failed"]
+                    total += counts["total"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+        return round(done / total, 3) if total else None
 
     def _live_workers(self) -> list[WorkerProc]:
         return [w for w in self.stack.workers if w.proc is not None and w.proc.poll() is None]

@@ -28,7 +28,7 @@ from contrail.client.types import (
 from contrail.core.jobs import protocol
 from contrail.core.jobs.protocol import Idempotency, Limits, ShardPlan
 from contrail.core.jobs.record import FileRecord, JobRecord
-from contrail.core.jobs.sizing import ids_from_lines, shard_plans
+from contrail.core.jobs.sizing import ShardPlanner, ids_from_lines, shard_plans
 from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, job_input_key, job_input_prefix
 from contrail.core.tasks.demos import BUILTIN_POOL_TASKS
@@ -59,16 +59,19 @@ class JobInput:
 # ------------------------------------------------------------------------------- input
 
 
-async def file_input(storage: Storage, file: FileRecord, decoding: DecodingSettings) -> JobInput:
-    """An uploaded file as a job's input; its exact plan comes from the file's id list."""
-    ids: list[str] = []
+async def file_input(
+    storage: Storage, file: FileRecord, decoding: DecodingSettings
+) -> JobInput:
+    """An uploaded file as a job's input; its exact plan comes from the file's id list, read one
+    id object at a time (hashing the ids runs off the event loop)."""
+    planner = ShardPlanner(file.part_size, decoding)
     id_objects = await storage.list_async(file.ids_prefix)
     for key in id_objects:
-        ids.extend(ids_from_lines((await storage.get_async(key)).split(b"\n")))
+        ids = list(ids_from_lines((await storage.get_async(key)).split(b"\n")))
+        await asyncio.to_thread(planner.add, ids)
     if not id_objects:  # a file uploaded before id lists existed: read the ids from its parts
-        ids = [i async for i in _part_ids(storage, file)]
-    plans = await asyncio.to_thread(shard_plans, ids, file.part_size, decoding)
-    return JobInput(file.part_prefix, file.items, plans, input_file_id=file.id)
+        planner.add([i async for i in _part_ids(storage, file)])
+    return JobInput(file.part_prefix, file.items, planner.finish(), input_file_id=file.id)
 
 
 async def _part_ids(storage: Storage, file: FileRecord) -> AsyncIterator[str]:

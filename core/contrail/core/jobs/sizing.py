@@ -27,21 +27,39 @@ def rationales_owed(item_id: str, decoding: DecodingSettings) -> int:
     return len(owed_tags(item_id, decoding))
 
 
+class ShardPlanner:
+    """Builds the shard plans of a job from its item ids in input order, fed in batches (so a
+    million ids never need to be held at once)."""
+
+    def __init__(self, shard_size: int, decoding: DecodingSettings) -> None:
+        self.shard_size = shard_size
+        self.decoding = decoding
+        self.plans: list[ShardPlan] = []
+        self._items = 0
+        self._rationales = 0
+
+    def add(self, item_ids: Iterable[str]) -> None:
+        for item_id in item_ids:
+            self._items += 1
+            self._rationales += rationales_owed(item_id, self.decoding)
+            if self._items == self.shard_size:
+                self.plans.append(ShardPlan(self._items, self._rationales))
+                self._items = self._rationales = 0
+
+    def finish(self) -> list[ShardPlan]:
+        if self._items:
+            self.plans.append(ShardPlan(self._items, self._rationales))
+            self._items = self._rationales = 0
+        return self.plans
+
+
 def shard_plans(
     item_ids: Iterable[str], shard_size: int, decoding: DecodingSettings
 ) -> list[ShardPlan]:
     """One ShardPlan per `shard_size` consecutive items."""
-    plans: list[ShardPlan] = []
-    items = rationales = 0
-    for item_id in item_ids:
-        items += 1
-        rationales += rationales_owed(item_id, decoding)
-        if items == shard_size:
-            plans.append(ShardPlan(items, rationales))
-            items = rationales = 0
-    if items:
-        plans.append(ShardPlan(items, rationales))
-    return plans
+    planner = ShardPlanner(shard_size, decoding)
+    planner.add(item_ids)
+    return planner.finish()
 
 
 def ids_from_lines(lines: Iterable[bytes]) -> Iterator[str]:

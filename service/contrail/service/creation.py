@@ -59,9 +59,7 @@ class JobInput:
 # ------------------------------------------------------------------------------- input
 
 
-async def file_input(
-    storage: Storage, file: FileRecord, decoding: DecodingSettings
-) -> JobInput:
+async def file_input(storage: Storage, file: FileRecord, decoding: DecodingSettings) -> JobInput:
     """An uploaded file as a job's input; its exact plan comes from the file's id list, read one
     id object at a time (hashing the ids runs off the event loop)."""
     planner = ShardPlanner(file.part_size, decoding)

@@ -89,7 +89,11 @@ def _assert_matches_cfg(
     requests: Sequence[DecodeRequest],
     model: object,
     tokenizer: object,
+    min_tokens: int,
 ) -> None:
+    """Our ids are a prefix of CFG's (it has no stop rule); by LENGTH, all of it. At least
+    `min_tokens` ids are compared in all, so empty or cut outputs cannot pass as prefixes."""
+    compared = 0
     for res, req in zip(results, requests, strict=True):
         assert req.neg_prompt is not None
         cfg = cfg_generate(
@@ -103,6 +107,8 @@ def _assert_matches_cfg(
         assert res.token_ids == cfg[: len(res.token_ids)], f"CFG oracle differs on {req.request_id}"
         if res.finish_reason is FinishReason.LENGTH:
             assert len(res.token_ids) == len(cfg)
+        compared += len(res.token_ids)
+    assert compared >= min_tokens, f"only {compared} tokens compared with CFG"
 
 
 def _assert_equals_oracle(
@@ -147,7 +153,9 @@ def test_pair_engine_equals_reference_and_cfg_on_tiny_model(
     ours = tiny_vllm.generate(contrastive)
     assert all(r.finish_reason is not FinishReason.ERROR for r in ours)
     _assert_same(ours, tiny_reference.generate(contrastive), "reference")
-    _assert_matches_cfg(ours, contrastive, tiny_reference.model, tiny_reference.tokenizer)
+    _assert_matches_cfg(
+        ours, contrastive, tiny_reference.model, tiny_reference.tokenizer, 16 * len(contrastive)
+    )
 
 
 def _mixed_settings(requests: Sequence[DecodeRequest]) -> list[DecodeRequest]:
@@ -356,7 +364,7 @@ def test_pair_engine_equals_reference_and_cfg_on_smollm2(
     assert all(r.finish_reason is not FinishReason.ERROR for r in ours)
     reference = ReferenceEngine(str(smollm2_path), max_batch=16)
     _assert_same(ours, reference.generate(requests), "reference on SmolLM2")
-    _assert_matches_cfg(ours, requests, reference.model, reference.tokenizer)
+    _assert_matches_cfg(ours, requests, reference.model, reference.tokenizer, 8 * len(requests))
 
 
 @pytest.mark.slow

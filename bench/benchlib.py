@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,8 @@ os.environ["OMP_NUM_THREADS"] = BENCH_THREADS
 
 if str(REPO) not in sys.path:  # `python bench/x.py` from a checkout without an install
     sys.path.insert(0, str(REPO))
+
+from provenance import git_sha  # noqa: E402
 
 from contrail.client.types import DecodingMode, DecodingSettings, Item, TaskName  # noqa: E402
 from contrail.core.tasks.formats import load_items  # noqa: E402
@@ -96,16 +97,6 @@ def _version(dist: str) -> str | None:
         return version(dist)
     except PackageNotFoundError:
         return None
-
-
-def git_sha() -> dict[str, Any]:
-    def run(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    dirty = run("status", "--porcelain", "--untracked-files=no", "--", "worker", "core", "client")
-    return {"sha": run("rev-parse", "HEAD"), "engine_code_dirty": bool(dirty)}
 
 
 def machine() -> dict[str, Any]:

@@ -181,6 +181,10 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
         value = summaries.get(name, {}).get("median_rationales_per_s")
         return float(value) if value is not None else None
 
+    def med_tokens(name: str) -> float | None:
+        value = summaries.get(name, {}).get("median_tokens_per_s")
+        return float(value) if value is not None else None
+
     return {
         "benchmark": "engine",
         "model": spec.name,
@@ -210,6 +214,10 @@ def run_model(args: argparse.Namespace) -> dict[str, Any]:
             "pair/paper": ratio(med("pair"), med("paper")),
             "pair/cfg": ratio(med("pair"), med("cfg")),
             "pair/reference": ratio(med("pair"), med("reference")),
+        },
+        "ratios_tokens_per_s": {
+            "pair/greedy": ratio(med_tokens("pair"), med_tokens("greedy")),
+            "pair/paper": ratio(med_tokens("pair"), med_tokens("paper")),
         },
         "agreement_with_pair": agreement,
     }

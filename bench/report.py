@@ -92,7 +92,7 @@ def sweep_table(res: dict[str, Any]) -> str:
         f"#### Sweep, {res['model']} (medians of {res['settings']['repetitions']})",
         "",
         "| demos | pairs/wave | rationales | rationales/s | tokens/s | waves | pairs continued "
-        "| extra tokens (median %) |",
+        "| extra tokens (median) |",
         "|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for p in sorted(res["points"], key=lambda p: (p["demonstrations"], p["pairs_per_wave"])):
@@ -100,7 +100,7 @@ def sweep_table(res: dict[str, Any]) -> str:
             f"| {p['demonstrations']} | {p['pairs_per_wave']} | {p['rationales']} | "
             f"{p['median_rationales_per_s']:.3f} | {p['median_tokens_per_s']:.1f} | "
             f"{'/'.join(map(str, p['waves']))} | {'/'.join(map(str, p['pairs_continued']))} | "
-            f"{100 * p['median_extra_token_fraction']:.2f} |"
+            f"{100 * p['median_extra_token_fraction']:.2f}% |"
         )
     m = res["machine"]
     lines += [

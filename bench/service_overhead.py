@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from provenance import git_sha  # noqa: E402
+
 from tests.servers import seaweed, valkey  # noqa: E402
 from tests.service_fixtures import Stack, items_jsonl  # noqa: E402
 
@@ -111,6 +113,7 @@ def main() -> int:
         "machine": f"{platform.machine()} cpus={os.cpu_count()}",
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "date": time.strftime("%Y-%m-%d"),
+        "versions": {"contrail": git_sha()},
     }
     text = json.dumps(result, indent=2)
     print(text)

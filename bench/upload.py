@@ -27,6 +27,8 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from provenance import git_sha  # noqa: E402
+
 from tests.servers import ApiServer, valkey  # noqa: E402
 
 KEY = "bench-key"
@@ -136,6 +138,7 @@ def main() -> int:
 
     result = {
         "benchmark": "upload",
+        "versions": {"contrail": git_sha()},
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

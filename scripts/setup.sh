@@ -53,4 +53,16 @@ echo "setup: installing contrail (editable) with service, worker, dev and eval e
 # setuptools may leave contrail.egg-info in the repository root; Python started from here would
 # read its (possibly stale) metadata, entry points included, before the installed one.
 rm -rf contrail.egg-info
+
+# Check what the engine needs actually imports (an install step can "succeed" and leave a vLLM
+# that does not load, e.g. against another torch): fail here rather than let its tests skip.
+if ! .venv/bin/python -c "
+import torch, transformers, vllm
+from vllm import LLM, SamplingParams
+from vllm.v1.sample.logits_processor import LogitsProcessor
+import contrail.worker.engine.pair_processor
+"; then
+    echo "setup: FAILED: vLLM (or torch/transformers) is installed but does not import; see above" >&2
+    exit 1
+fi
 echo "setup: done (.venv)"

@@ -42,5 +42,6 @@ def smollm2_path(model_cache_dir: Path) -> Path:
 
 
 # Service stack fixtures (Valkey, SeaweedFS, API and worker processes): tests/service_fixtures.py;
-# the viewer's shared stack: tests/viewer_fixtures.py
-pytest_plugins = ["tests.service_fixtures", "tests.viewer_fixtures"]
+# the viewer's shared stack: tests/viewer_fixtures.py; the skip policy (in CI every skip is a
+# failure): tests/skip_policy.py
+pytest_plugins = ["tests.service_fixtures", "tests.viewer_fixtures", "tests.skip_policy"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contrail.client.types import (
     DecodingMode,
@@ -134,6 +136,54 @@ def test_las_value_by_hand() -> None:
     q = np.array([0, 1, 0, 1], dtype=bool)
     r = np.array([1, 1, 0, 0], dtype=bool)
     assert las_value(qr, q, r) == pytest.approx(0.25)
+
+
+def test_las_weighs_unequal_groups_equally() -> None:
+    # 1 leaked record with gain 1, 3 non-leaked with gain 0: LAS = (1 + 0) / 2 = 0.5, whereas the
+    # plain difference acc(q+r) - acc(q) over all records would be 1/4.
+    qr = np.array([1, 0, 1, 0], dtype=bool)
+    q = np.array([0, 0, 1, 0], dtype=bool)
+    r = np.array([1, 0, 0, 0], dtype=bool)
+    assert las_value(qr, q, r) == pytest.approx(0.5)
+    assert qr.mean() - q.mean() == pytest.approx(0.25)
+    # the other way round: 3 leaked with gain 0, 1 non-leaked with gain -1 -> -0.5 (naive -0.25)
+    qr2 = np.array([0, 1, 1, 1], dtype=bool)
+    q2 = np.ones(4, dtype=bool)
+    assert las_value(qr2, q2, ~r) == pytest.approx(-0.5)
+
+
+def _las_by_definition(qr: list[bool], q: list[bool], r: list[bool]) -> float:
+    """Hase et al. 2020 as METHOD.md section 4 states it, written out with plain loops."""
+    gains: dict[bool, list[int]] = {True: [], False: []}
+    for a, b, leaked in zip(qr, q, r, strict=True):
+        gains[leaked].append(int(a) - int(b))
+    means = [sum(g) / len(g) for g in gains.values() if g]
+    return sum(means) / len(means)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=40).flatmap(
+        lambda n: st.tuples(*(st.lists(st.booleans(), min_size=n, max_size=n),) * 3)
+    )
+)
+def test_las_value_equals_its_definition(vectors: tuple[list[bool], ...]) -> None:
+    qr, q, r = vectors
+    expected = _las_by_definition(qr, q, r)
+    got = las_value(np.array(qr), np.array(q), np.array(r))
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_evaluate_las_unequal_groups() -> None:
+    # The same unequal case through the simulator plumbing and the bootstrap statistics.
+    records = [
+        scripted("leaked", q="no", qr="yes", r="yes"),  # leaked, gain 1
+        *(scripted(f"flat{i}", q="yes", qr="yes", r="no") for i in range(3)),  # gain 0
+    ]
+    result, _ = evaluate_las(records, ScriptedSimulator(), calibration="none", reps=50)
+    assert result.leaked == 1 and result.scored == 4
+    assert result.las.value == pytest.approx(0.5)
+    assert result.acc_qr.value - result.acc_q.value == pytest.approx(0.25)
 
 
 def test_las_one_group_empty_uses_the_other() -> None:

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("vllm")
 
@@ -22,6 +24,7 @@ from contrail.worker.engine.lockstep import (
     ABORT_CODE,
     VALID_CODE,
     MemberOutput,
+    PairProgress,
     agreed_prefix,
     in_lockstep,
 )
@@ -172,3 +175,52 @@ def test_agreed_prefix_accepts_only_valid_identical_tokens() -> None:
     assert not in_lockstep(MemberOutput([4, 0], [v, v]), lone_stop)
     assert agreed_prefix(MemberOutput([], []), same) == 0
     assert not math.isnan(ABORT_CODE)
+
+
+def test_settle_keeps_the_agreed_prefix_and_counts_the_rest() -> None:
+    v, a = VALID_CODE, ABORT_CODE
+    progress = PairProgress()
+    # wave 1 (8 tokens asked): 2 tokens agreed, then C- lost its partner and was aborted
+    pos, neg = MemberOutput([4, 5, 6], [v, v, v]), MemberOutput([4, 5, EOS], [v, v, a])
+    assert progress.settle(pos, neg, 8) is None
+    assert (progress.agreed, progress.continuations, progress.extra_tokens) == ([4, 5], 1, 2)
+    # wave 2 (6 tokens asked), continued from [4, 5]: in lockstep, so final
+    both = MemberOutput([7, 8, EOS], [v, v, v])
+    assert progress.settle(both, both, 8) == [4, 5, 7, 8, EOS]
+    assert (progress.continuations, progress.extra_tokens) == (1, 2)
+
+
+def test_settle_finishes_when_the_agreed_prefix_fills_the_budget() -> None:
+    # The driver never asks a wave for more than the remaining tokens (see the property below);
+    # were a wave to bring the agreed prefix to max_new_tokens, those tokens are final and the
+    # pair's continuation and extra-token counts go with them.
+    v = VALID_CODE
+    progress = PairProgress(agreed=[1, 2, 3], continuations=1, extra_tokens=5)
+    pos, neg = MemberOutput([4, 5, 6], [v, v, v]), MemberOutput([4, 5, 9], [v, v, v])
+    assert progress.settle(pos, neg, 5) == [1, 2, 3, 4, 5]
+    assert (progress.continuations, progress.extra_tokens) == (2, 7)
+
+
+_member = st.lists(
+    st.tuples(st.sampled_from([4, 5, EOS]), st.sampled_from([VALID_CODE, ABORT_CODE])), max_size=4
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=st.integers(0, 3), remaining=st.integers(1, 4), pos=_member, neg=_member)
+def test_a_wave_within_its_budget_is_final_or_leaves_tokens_to_decode(
+    before: int, remaining: int, pos: list[tuple[int, float]], neg: list[tuple[int, float]]
+) -> None:
+    """vLLM returns at most max_tokens = remaining tokens per member, each with its code."""
+    members = [
+        MemberOutput([t for t, _ in m[:remaining]], [c for _, c in m[:remaining]])
+        for m in (pos, neg)
+    ]
+    progress = PairProgress(agreed=[7] * before)
+    tokens = progress.settle(members[0], members[1], before + remaining)
+    if in_lockstep(members[0], members[1]):
+        assert tokens == [7] * before + list(members[0].token_ids)
+        assert progress.continuations == 0
+    else:
+        assert tokens is None and progress.continuations == 1
+        assert before <= len(progress.agreed) < before + remaining

@@ -23,7 +23,7 @@ from contrail.worker.engine.scoring import contrastive_choice
 from contrail.worker.engine.stopping import Action, StopRule, finalize_text
 from contrail.worker.models import ModelSpec
 
-from .oracle import cfg_generate, greedy_generate
+from .oracle import cfg_generate, contrastive_decode, greedy_generate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "strategyqa"
 
@@ -234,6 +234,8 @@ def test_tiny_matches_cfg_oracle(tiny_engine: ReferenceEngine) -> None:
     assert [r.request_id for r in results] == [q.request_id for q in requests]
     reasons = {r.finish_reason for r in results}
     assert reasons == {FinishReason.LENGTH, FinishReason.STOP}
+    # a prefix comparison: enough ids must be compared for it to mean something
+    assert sum(len(r.token_ids) for r in results) >= 8 * len(results)
     for request, result in zip(requests, results, strict=True):
         assert request.neg_prompt is not None
         expected = cfg_generate(
@@ -249,6 +251,42 @@ def test_tiny_matches_cfg_oracle(tiny_engine: ReferenceEngine) -> None:
         assert result.prompt_tokens == len(tiny_engine.encode(request.pos_prompt)) + len(
             tiny_engine.encode(request.neg_prompt)
         )
+
+
+def test_tiny_mixed_settings_match_the_method_loop(tiny_engine: ReferenceEngine) -> None:
+    """Every setting at once, per pair in one batch, against the loop written from METHOD.md
+    (tests/oracle.py): tokens, finish reason and text exactly."""
+    pairs = strategyqa_pairs(18, demos=2)
+    settings = [
+        ContrastSettings(
+            lam=(0.2, 0.5, 0.8)[i % 3],
+            alpha=(0.0, 0.05, 0.3)[(i // 3) % 3],
+            temperature=(0.6, 1.0, 1.7)[(i // 2) % 3],
+            max_new_tokens=20,
+            stop=(("e",), DEFAULT_STOP, ("s", "\n\n"))[i % 3],
+        )
+        for i in range(len(pairs))
+    ]
+    requests = _requests(pairs, settings)
+    compared = 0
+    for request, result in zip(requests, tiny_engine.generate(requests), strict=True):
+        assert request.neg_prompt is not None
+        s = request.settings
+        want = contrastive_decode(
+            tiny_engine.model,
+            tiny_engine.tokenizer,
+            request.pos_prompt,
+            request.neg_prompt,
+            lam=s.lam,
+            alpha=s.alpha,
+            temperature=s.temperature,
+            max_new_tokens=s.max_new_tokens,
+            stop=s.stop,
+        )
+        got = (result.token_ids, result.finish_reason.value, result.text)
+        assert got == (want.token_ids, want.finish, want.text), request.request_id
+        compared += len(want.token_ids)
+    assert compared >= 120
 
 
 def test_tiny_greedy_matches_transformers(tiny_engine: ReferenceEngine) -> None:

@@ -6,6 +6,7 @@ widely) through the real vLLM CPU build with the tiny random model; SmolLM2 on r
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeR
 from contrail.worker.engine.reference import ReferenceEngine
 from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
 
-from .oracle import cfg_generate
+from .oracle import cfg_generate, contrastive_decode
 
 pytestmark = pytest.mark.vllm
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -88,7 +89,11 @@ def _assert_matches_cfg(
     requests: Sequence[DecodeRequest],
     model: object,
     tokenizer: object,
+    min_tokens: int,
 ) -> None:
+    """Our ids are a prefix of CFG's (it has no stop rule); by LENGTH, all of it. At least
+    `min_tokens` ids are compared in all, so empty or cut outputs cannot pass as prefixes."""
+    compared = 0
     for res, req in zip(results, requests, strict=True):
         assert req.neg_prompt is not None
         cfg = cfg_generate(
@@ -102,6 +107,38 @@ def _assert_matches_cfg(
         assert res.token_ids == cfg[: len(res.token_ids)], f"CFG oracle differs on {req.request_id}"
         if res.finish_reason is FinishReason.LENGTH:
             assert len(res.token_ids) == len(cfg)
+        compared += len(res.token_ids)
+    assert compared >= min_tokens, f"only {compared} tokens compared with CFG"
+
+
+def _assert_equals_oracle(
+    results: Sequence[DecodeResult],
+    requests: Sequence[DecodeRequest],
+    oracle_engine: ReferenceEngine,
+    min_tokens: int,
+) -> int:
+    """Exactly the independent loop's tokens, finish reason and text; returns the tokens compared
+    (at least `min_tokens`, so short or empty outputs cannot make the comparison vacuous)."""
+    compared = 0
+    for res, req in zip(results, requests, strict=True):
+        assert req.neg_prompt is not None
+        s = req.settings
+        want = contrastive_decode(
+            oracle_engine.model,
+            oracle_engine.tokenizer,
+            req.pos_prompt,
+            req.neg_prompt,
+            lam=s.lam,
+            alpha=s.alpha,
+            temperature=s.temperature,
+            max_new_tokens=s.max_new_tokens,
+            stop=s.stop,
+        )
+        got = (res.token_ids, res.finish_reason.value, res.text)
+        assert got == (want.token_ids, want.finish, want.text), f"oracle differs: {req.request_id}"
+        compared += len(want.token_ids)
+    assert compared >= min_tokens, f"only {compared} tokens compared"
+    return compared
 
 
 def test_pair_engine_equals_reference_and_cfg_on_tiny_model(
@@ -116,13 +153,53 @@ def test_pair_engine_equals_reference_and_cfg_on_tiny_model(
     ours = tiny_vllm.generate(contrastive)
     assert all(r.finish_reason is not FinishReason.ERROR for r in ours)
     _assert_same(ours, tiny_reference.generate(contrastive), "reference")
-    _assert_matches_cfg(ours, contrastive, tiny_reference.model, tiny_reference.tokenizer)
+    _assert_matches_cfg(
+        ours, contrastive, tiny_reference.model, tiny_reference.tokenizer, 16 * len(contrastive)
+    )
 
 
-def test_pair_engine_keeps_equality_when_pairs_lose_lockstep(
-    tiny_model_path: Path, tiny_reference: ReferenceEngine
+def _mixed_settings(requests: Sequence[DecodeRequest]) -> list[DecodeRequest]:
+    """Per pair: lambda, alpha, temperature and stop strings cycling out of phase, so neighbours
+    in the batch differ in every setting; the stop sets make some rationales end on text."""
+    out = []
+    for i, req in enumerate(requests):
+        settings = ContrastSettings(
+            lam=(0.2, 0.5, 0.8)[i % 3],
+            alpha=(0.0, 0.05, 0.3)[(i // 3) % 3],
+            temperature=(0.6, 1.0, 1.7)[(i // 2) % 3],
+            max_new_tokens=24,
+            stop=(("e",), req.settings.stop, ("s", "\n\n"), req.settings.stop)[i % 4],
+        )
+        out.append(dataclasses.replace(req, settings=settings))
+    return out
+
+
+def test_one_batch_of_mixed_settings_equals_the_oracle_per_pair(
+    tiny_vllm: VllmPairEngine, tiny_reference: ReferenceEngine
 ) -> None:
-    """A 64-token budget splits prefills; a small KV cache and mixed lengths add pressure."""
+    requests = _mixed_settings(
+        [r for r in _requests(12, 24, DecodingSettings()) if r.neg_prompt is not None]
+    )
+    assert len(requests) == 24
+    waves = tiny_vllm.stats.waves
+    ours = tiny_vllm.generate(requests)
+    assert tiny_vllm.stats.waves == waves + 1, "the pairs were not decoded as one batch"
+    assert {r.finish_reason for r in ours} == {FinishReason.STOP, FinishReason.LENGTH}
+    _assert_equals_oracle(ours, requests, tiny_reference, min_tokens=240)
+    # The per-pair settings matter: the same pairs all on the defaults decode differently.
+    uniform = [
+        dataclasses.replace(q, settings=ContrastSettings(max_new_tokens=24, stop=q.settings.stop))
+        for q in requests
+    ]
+    plain = tiny_vllm.generate(uniform)
+    changed = sum(a.token_ids != b.token_ids for a, b in zip(ours, plain, strict=True))
+    assert changed >= len(requests) // 2, f"only {changed} pairs changed with their settings"
+
+
+@pytest.fixture(scope="module")
+def desync_vllm(tiny_model_path: Path) -> Iterator[VllmPairEngine]:
+    """A 64-token step budget splits prefills; a 4 MiB KV cache and mixed lengths add pressure:
+    pairs lose lockstep (partners scheduled apart) and are continued from their agreed prefix."""
     engine = VllmPairEngine(
         str(tiny_model_path),
         options=VllmOptions(
@@ -134,15 +211,78 @@ def test_pair_engine_keeps_equality_when_pairs_lose_lockstep(
             max_attempts=8,
         ),
     )
-    try:
-        requests = [r for r in _requests(6, 24, DecodingSettings()) if r.neg_prompt is not None]
-        ours = engine.generate(requests)
-    finally:
-        engine.close()
+    yield engine
+    engine.close()
+
+
+def _desync_requests() -> list[DecodeRequest]:
+    return [r for r in _requests(6, 24, DecodingSettings()) if r.neg_prompt is not None]
+
+
+def test_pair_engine_keeps_equality_when_pairs_lose_lockstep(
+    desync_vllm: VllmPairEngine, tiny_reference: ReferenceEngine
+) -> None:
+    engine = desync_vllm
+    requests = _desync_requests()
+    engine.llm.reset_prefix_cache()  # the same schedule whichever test ran first
+    before = dataclasses.replace(engine.stats)
+    ours = engine.generate(requests)
     assert all(r.finish_reason is not FinishReason.ERROR for r in ours), [r.error for r in ours]
-    assert engine.stats.pairs_continued > 0, "the desync protocol was not exercised"
-    assert sum(r.continuations for r in ours) == engine.stats.pairs_continued
+    continued = engine.stats.pairs_continued - before.pairs_continued
+    assert continued > 0, "the desync protocol was not exercised"
+    # Every finished pair carries what losing lockstep cost it.
+    assert sum(r.continuations for r in ours) == continued
+    assert sum(r.extra_tokens for r in ours) == engine.stats.extra_tokens - before.extra_tokens
     _assert_same(ours, tiny_reference.generate(requests), "reference under desync")
+    # The re-continued pairs against the independent loop (shares no code with either engine).
+    again = [(res, req) for res, req in zip(ours, requests, strict=True) if res.continuations]
+    _assert_equals_oracle(
+        [res for res, _ in again], [req for _, req in again], tiny_reference, 8 * len(again)
+    )
+
+
+def test_pair_that_keeps_losing_lockstep_is_a_per_item_error(
+    desync_vllm: VllmPairEngine, tiny_reference: ReferenceEngine
+) -> None:
+    """With one attempt allowed, a pair that loses lockstep ends as `lockstep_exhausted` (an
+    ItemError for its item, never a hang or a failed batch); the other pairs are unaffected."""
+    engine = desync_vllm
+    plans = [
+        pipeline.plan(_items(task, path, 6), task, DecodingSettings(max_new_tokens=24), "t")
+        for task, path in (
+            (TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json"),
+            (TaskName.CREAK, SHARED / "creak" / "dev.json"),
+        )
+    ]
+    engine.options.max_attempts = 1
+    engine.llm.reset_prefix_cache()
+    before = dataclasses.replace(engine.stats)
+    try:
+        results = [engine.generate(plan.decode_requests) for plan in plans]
+    finally:
+        engine.options.max_attempts = 8
+    failed = [r for batch in results for r in batch if r.finish_reason is FinishReason.ERROR]
+    assert failed, "no pair lost lockstep: the test provoked nothing"
+    assert engine.stats.lockstep_failures - before.lockstep_failures == len(failed)
+    for res in failed:
+        assert res.error is not None and res.error.startswith("lockstep_exhausted"), res.error
+        assert res.token_ids == [] and res.continuations == 1 and res.extra_tokens > 0
+    out = [
+        o
+        for plan, batch in zip(plans, results, strict=True)
+        for o in pipeline.to_records(plan, batch)
+    ]
+    errors = [o for o in out if isinstance(o, ItemError)]
+    assert {e.code for e in errors} == {"lockstep_exhausted"} and len(errors) == len(failed)
+    # The pairs that kept lockstep are decoded as ever.
+    requests = [q for plan in plans for q in plan.decode_requests]
+    kept = [
+        (res, req)
+        for res, req in zip([r for b in results for r in b], requests, strict=True)
+        if res.finish_reason is not FinishReason.ERROR
+    ]
+    assert kept
+    _assert_equals_oracle([r for r, _ in kept], [q for _, q in kept], tiny_reference, 8 * len(kept))
 
 
 def test_greedy_mode_equals_plain_vllm_greedy(
@@ -224,7 +364,7 @@ def test_pair_engine_equals_reference_and_cfg_on_smollm2(
     assert all(r.finish_reason is not FinishReason.ERROR for r in ours)
     reference = ReferenceEngine(str(smollm2_path), max_batch=16)
     _assert_same(ours, reference.generate(requests), "reference on SmolLM2")
-    _assert_matches_cfg(ours, requests, reference.model, reference.tokenizer)
+    _assert_matches_cfg(ours, requests, reference.model, reference.tokenizer, 8 * len(requests))
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from contrail.worker.engine.base import (
     Engine,
     EngineStats,
 )
-from contrail.worker.engine.lockstep import MemberOutput, agreed_prefix, in_lockstep
+from contrail.worker.engine.lockstep import MemberOutput, PairProgress
 from contrail.worker.engine.stopping import finalize_text
 
 
@@ -58,10 +58,8 @@ class _Pair:
     request: DecodeRequest
     pos_ids: list[int]
     neg_ids: list[int]
-    agreed: list[int] = field(default_factory=list)
+    progress: PairProgress = field(default_factory=PairProgress)
     attempts: int = 0
-    continuations: int = 0
-    extra_tokens: int = 0
 
 
 # In-process vLLM engines share process-wide parallel state, and collecting one tears that state
@@ -256,8 +254,8 @@ class VllmPairEngine(Engine):
             text="",
             finish_reason=FinishReason.ERROR,
             prompt_tokens=len(pair.pos_ids) + len(pair.neg_ids),
-            continuations=pair.continuations,
-            extra_tokens=pair.extra_tokens,
+            continuations=pair.progress.continuations,
+            extra_tokens=pair.progress.extra_tokens,
             error=(
                 f"lockstep_exhausted: the pair lost lockstep {pair.attempts} times; "
                 "the engine's token budget or KV cache is too small for this prompt"
@@ -297,11 +295,12 @@ class VllmPairEngine(Engine):
         block is counted only once; returns the need and the new block keys.
         """
         block = self.options.block_size
-        remaining = pair.request.settings.max_new_tokens - len(pair.agreed)
+        agreed = pair.progress.agreed
+        remaining = pair.request.settings.max_new_tokens - len(agreed)
         total = 0
         new: set[int] = set()
         for ids in (pair.pos_ids, pair.neg_ids):
-            prompt = ids + pair.agreed
+            prompt = ids + agreed
             blocks = -(-(len(prompt) + remaining) // block)
             if seen is not None:
                 key = 0
@@ -326,7 +325,8 @@ class VllmPairEngine(Engine):
             pair.attempts += 1
             s = pair.request.settings
             key = f"{pair.request.request_id}#{pair.attempts}"
-            remaining = s.max_new_tokens - len(pair.agreed)
+            agreed = pair.progress.agreed
+            remaining = s.max_new_tokens - len(agreed)
             for role, ids in ((0, pair.pos_ids), (1, pair.neg_ids)):
                 spec = PairSpec(
                     key=key,
@@ -336,9 +336,9 @@ class VllmPairEngine(Engine):
                     temperature=s.temperature,
                     eos=self._eos,
                     stop=tuple(s.stop),
-                    prefix_tail=tuple(pair.agreed[-16:]),
+                    prefix_tail=tuple(agreed[-16:]),
                 )
-                prompts.append(TokensPrompt(prompt_token_ids=ids + pair.agreed))
+                prompts.append(TokensPrompt(prompt_token_ids=ids + agreed))
                 params.append(
                     SamplingParams(
                         temperature=0.0,
@@ -367,34 +367,23 @@ class VllmPairEngine(Engine):
         return MemberOutput(token_ids=ids, codes=codes)
 
     def _check_pair(self, pair: _Pair, out_pos: Any, out_neg: Any) -> DecodeResult | None:
-        pos, neg = self._member(out_pos), self._member(out_neg)
+        progress = pair.progress
+        continuations, extra = progress.continuations, progress.extra_tokens
         settings = pair.request.settings
-        if in_lockstep(pos, neg):
-            result = self._finish(
-                pair.request.request_id,
-                settings,
-                pair.agreed + list(pos.token_ids),
-                len(pair.pos_ids) + len(pair.neg_ids),
-            )
-            result.continuations = pair.continuations
-            result.extra_tokens = pair.extra_tokens
-            return result
-        keep = agreed_prefix(pos, neg)
-        pair.agreed += list(pos.token_ids[:keep])
-        wasted = len(pos.token_ids) + len(neg.token_ids) - 2 * keep
-        pair.extra_tokens += wasted
-        pair.continuations += 1
-        self.stats.pairs_continued += 1
-        self.stats.extra_tokens += wasted
-        if len(pair.agreed) >= settings.max_new_tokens:
-            # Every token was agreed before the pair fell apart: nothing is left to decode.
-            return self._finish(
-                pair.request.request_id,
-                settings,
-                pair.agreed[: settings.max_new_tokens],
-                len(pair.pos_ids) + len(pair.neg_ids),
-            )
-        return None
+        tokens = progress.settle(
+            self._member(out_pos), self._member(out_neg), settings.max_new_tokens
+        )
+        self.stats.pairs_continued += progress.continuations - continuations
+        self.stats.extra_tokens += progress.extra_tokens - extra
+        if tokens is None:
+            return None
+        # Every finished pair's result carries what losing lockstep cost it, however it ended.
+        result = self._finish(
+            pair.request.request_id, settings, tokens, len(pair.pos_ids) + len(pair.neg_ids)
+        )
+        result.continuations = progress.continuations
+        result.extra_tokens = progress.extra_tokens
+        return result
 
     def close(self) -> None:
         if self.options.in_process:

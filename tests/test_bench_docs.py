@@ -1,0 +1,200 @@
+"""Every number the performance docs quote comes from a committed results file, measured on
+committed code.
+
+The README's "Performance" section and the markdown under docs/bench/ say where their numbers
+come from with annotations: ``<!-- results: engine_tiny.json sweep_tiny.json -->`` names results
+files under docs/bench/, and every number after it (up to the next annotation) must appear in one
+of them. Not checked: code (fenced blocks and inline code: commands, option names), link targets,
+and targets written as a comparison ("<= 5%", ">= 10x"). A number quoted with d decimals matches a
+value that rounds to it at d decimals (so "0.72" matches 0.7221); a percentage also matches 100x a
+fraction; thousands separators are ignored. A quoted results file that records its versions must
+have been measured with no uncommitted code change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "docs" / "bench"
+
+ANNOTATION = re.compile(r"<!--\s*results:\s*(.*?)\s*-->")
+NUMBER = re.compile(
+    r"(?<![\w.\-])(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?)(?P<unit>%|k|M)?(?![\w])"
+)
+COMPARISON = re.compile(r"(?:>=|<=|(?<!-)>|<|≥|≤)\s*\+?$")  # "->" is an arrow, not a target
+# Results made before the benchmark scripts recorded their commit (bench/provenance.py). They are
+# the service-side figures, re-measured once the job lifecycle rewrite lands.
+PREDATES_PROVENANCE = frozenset({"upload.json", "service_overhead_reference.json"})
+
+
+def performance_docs() -> dict[str, str]:
+    """Markdown quoting results: the README's Performance section and docs/bench/*.md."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^## Performance\n(.*?)(?=^## )", readme, flags=re.S | re.M)
+    assert match, "README.md has no '## Performance' section"
+    docs = {"README.md (Performance)": match.group(1)}
+    for path in sorted(BENCH.glob("*.md")):
+        docs[str(path.relative_to(REPO))] = path.read_text(encoding="utf-8")
+    return docs
+
+
+def _prose(line: str) -> str:
+    line = re.sub(r"`[^`]*`", " ", line)  # inline code
+    return re.sub(r"\]\([^)]*\)", "]", line)  # link and image targets
+
+
+def quoted_numbers(markdown: str) -> Iterator[tuple[int, str, str, tuple[str, ...] | None]]:
+    """(line, number as written, its unit: "%", "k", "M" or "", results files in force)."""
+    sources: tuple[str, ...] | None = None
+    fenced = False
+    for lineno, line in enumerate(markdown.splitlines(), start=1):
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        annotation = ANNOTATION.fullmatch(line.strip())
+        if annotation:
+            sources = tuple(annotation.group(1).split())
+            continue
+        if fenced:
+            continue
+        prose = _prose(line)
+        for m in NUMBER.finditer(prose):
+            if COMPARISON.search(prose[: m.start()]):
+                continue
+            yield lineno, m.group("num"), m.group("unit") or "", sources
+
+
+def _numbers_in(value: Any) -> Iterator[float]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int | float):
+        yield float(value)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers_in(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers_in(v)
+    elif isinstance(value, str):
+        for m in NUMBER.finditer(value):
+            yield float(m.group("num").replace(",", ""))
+
+
+def results_values(path: Path) -> list[float]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        return list(_numbers_in(json.loads(text)))
+    return list(_numbers_in(text))
+
+
+def matches(written: str, unit: str, values: list[float]) -> bool:
+    plain = written.replace(",", "")
+    mantissa, _, exponent = plain.partition("e")
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    multiple = {"k": 1e3, "M": 1e6}.get(unit, 1.0)  # "100k-line", "1M-line"
+    half_unit = 0.5 * 10 ** (int(exponent or 0) - decimals) * multiple * (1 + 1e-9)
+    quoted = float(plain) * multiple
+    scales = (1.0, 100.0) if unit == "%" else (1.0,)
+    return any(abs(v * k - quoted) <= half_unit for v in values for k in scales)
+
+
+def provenance_problem(path: Path) -> str | None:
+    """Why a results file does not show committed code, or None."""
+    if path.suffix != ".json" or path.name in PREDATES_PROVENANCE:
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    runs = data.get("results", [data])  # engine.json bundles the per-model files
+    for run in runs:
+        contrail = (run.get("versions") or {}).get("contrail")
+        if not contrail or not contrail.get("sha"):
+            return f"{path.name} does not record the commit it was measured at"
+        if contrail.get("engine_code_dirty") or contrail.get("code_dirty"):
+            return f"{path.name} was measured with uncommitted changes at {contrail['sha'][:10]}"
+    return None
+
+
+def problems(markdown: str, where: str, results_dir: Path = BENCH) -> list[str]:
+    found: list[str] = []
+    cache: dict[str, list[float]] = {}
+    for lineno, written, unit, sources in quoted_numbers(markdown):
+        if sources is None:
+            found.append(f"{where}:{lineno}: {written} comes before any results annotation")
+            continue
+        values: list[float] = []
+        for name in sources:
+            path = results_dir / name
+            if not path.is_file():
+                found.append(f"{where}:{lineno}: results file {name} does not exist")
+                continue
+            if name not in cache:
+                cache[name] = results_values(path)
+                issue = provenance_problem(path)
+                if issue:
+                    found.append(f"{where}:{lineno}: {issue}")
+            values += cache[name]
+        if not matches(written, unit, values):
+            found.append(f"{where}:{lineno}: {written} is in none of {', '.join(sources)}")
+    return found
+
+
+@pytest.mark.parametrize("where", list(performance_docs()))
+def test_every_quoted_number_is_in_its_results_file(where: str) -> None:
+    assert problems(performance_docs()[where], where) == []
+
+
+def test_the_check_fails_on_a_number_that_is_in_no_results_file() -> None:
+    readme = performance_docs()["README.md (Performance)"]
+    # the SmolLM2 pair/paper ratio, nudged by one unit of its last digit
+    nudged = readme.replace("| 15.3 |", "| 15.4 |", 1)
+    assert nudged != readme
+    new = set(problems(nudged, "README")) - set(problems(readme, "README"))
+    assert new == {
+        f"README:{_line_of(nudged, '| 15.4 |')}: 15.4 is in none of "
+        "engine_smollm2-135m.json, engine_tiny.json"
+    }
+    assert problems("It ran at 12.5 rationales/s.", "doc") == [
+        "doc:1: 12.5 comes before any results annotation"
+    ]
+
+
+def _results(tmp_path: Path, dirty: bool) -> Path:
+    contrail = {"sha": "0123456789abcdef", "engine_code_dirty": False, "code_dirty": dirty}
+    run = {"versions": {"contrail": contrail}, "median_rationales_per_s": 29.6181, "share": 0.0236}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    return tmp_path
+
+
+def test_rounding_units_and_what_is_not_checked(tmp_path: Path) -> None:
+    results = _results(tmp_path, dirty=False)
+    ok = "<!-- results: run.json -->\n29.6 rationales/s (29.618), 2.4% of the time"
+    assert problems(ok, "doc", results) == []
+    assert problems(ok.replace("29.6 ", "29.7 "), "doc", results) == [
+        "doc:2: 29.7 is in none of run.json"
+    ]
+    assert problems(ok.replace("2.4%", "2.5%"), "doc", results) == [
+        "doc:2: 2.5 is in none of run.json"
+    ]
+    # code, link targets and targets are not quoted results
+    exempt = "<!-- results: run.json -->\n`--items 77` [x](a/77.png) target >= 77x, < 77 MB"
+    assert problems(exempt, "doc", results) == []
+    assert problems("<!-- results: gone.json -->\n1", "doc", results)[0] == (
+        "doc:2: results file gone.json does not exist"
+    )
+
+
+def test_the_check_fails_on_results_measured_on_uncommitted_code(tmp_path: Path) -> None:
+    doc = "<!-- results: run.json -->\n29.6 rationales/s"
+    assert problems(doc, "doc", _results(tmp_path, dirty=True)) == [
+        "doc:2: run.json was measured with uncommitted changes at 0123456789"
+    ]
+
+
+def _line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(text.splitlines(), start=1) if needle in line)

@@ -97,6 +97,20 @@ def test_crossfitted_simulator_reads_rationales(tiny_encoder: HiddenStateEncoder
     assert diff["las"].low > 0 and shuffled_result.las.value < result.las.value
 
 
+def test_crossfit_never_scores_an_item_with_a_head_that_saw_it(
+    tiny_encoder: HiddenStateEncoder,
+) -> None:
+    # Answers are coin flips that nothing in the text predicts, but every question is unique, so
+    # a head that had seen an item could memorise it. Held out, it cannot beat chance by much.
+    records = [
+        make_record(f"m{i}", "Some words here.", question=f"Is item {i} so?", answer=answer)
+        for i, answer in enumerate("yes" if (i * 37 + 11) % 7 < 3 else "no" for i in range(60))
+    ]
+    sim = TrainedSimulator(encoder=tiny_encoder, folds=5, c=100.0)
+    result, _ = evaluate_las(records, sim, reps=10)
+    assert result.acc_qr.value < 0.75 and result.acc_q.value < 0.75
+
+
 def test_trained_on_separate_records_skips_evaluated_items(
     tiny_encoder: HiddenStateEncoder,
 ) -> None:

@@ -157,6 +157,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", default="StrategyQA,CREAK", help="comma-separated (both)")
     p.add_argument("--strategyqa-limit", type=int, default=None, help="first N dev items (all)")
     p.add_argument("--creak-limit", type=int, default=None, help="first N dev items (all)")
     p.add_argument("--simulator", default="smollm2-135m")
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     zero_shot = LikelihoodSimulator(args.simulator) if args.zero_shot else None
     results: dict[str, dict[str, Any]] = {}
     for task, (task_name, path) in TASKS.items():
+        if task not in args.tasks.split(","):
+            continue
         human, shuffled = human_records(task_name, path, limits[task], args.seed)
         if args.train_split:
             train, _ = human_records(task_name, TRAIN[task], args.train_limit, args.seed)

@@ -1,9 +1,10 @@
-"""Generate StrategyQA and CREAK dev datasets in three decoding modes with the default teacher,
-evaluate them with contrail's evaluator, and write the numbers, tables and chart of
-docs/quality/REPORT.md.
+"""Generate StrategyQA and CREAK dev datasets in three decoding modes with the default teacher
+(factual and counterfactual rationales), evaluate them with contrail's evaluator (the trained
+LAS simulator by default), and write the numbers, tables and chart of docs/quality/REPORT.md.
 
     nice -n 10 .venv/bin/python scripts/quality_report.py                 # everything
     nice -n 10 .venv/bin/python scripts/quality_report.py --skip-generate # re-evaluate runs/quality
+    ... --skip-generate --simulator-kind zero-shot --report-dir runs/q0   # the zero-shot simulator
 
 Datasets go to runs/quality/ (ignored by git); docs/quality/ gets quality.json (every number),
 quality.png (the chart) and tables.md (the tables REPORT.md quotes).
@@ -26,16 +27,20 @@ from contrail.client.types import DecodingMode, DecodingSettings, Perturbation, 
 from contrail.worker.eval_las import (
     Calibration,
     LikelihoodSimulator,
+    RecordSimulator,
     SimulatedRecord,
-    evaluate_las,
+    Simulator,
+    las_from_simulated,
     paired_difference,
 )
+from contrail.worker.eval_simulator import DEFAULT_FOLDS, DEFAULT_LAYER, TrainedSimulator
 from contrail.worker.evaluation import (
     ComparisonRow,
     QualitySummary,
     comparison_chart,
     comparison_table,
-    summarize,
+    simulator_notes,
+    summarize_with_predictions,
 )
 from contrail.worker.export import load_records
 
@@ -52,18 +57,21 @@ MODES: dict[str, tuple[DecodingMode, Perturbation]] = {
 }
 
 
-_SIMULATOR: LikelihoodSimulator | None = None
+_SIMULATOR: Simulator | RecordSimulator | None = None
 
 
-def _init_evaluator(model: str, threads: int) -> None:
-    """Runs in the evaluation process: one simulator for all datasets (its score cache then
-    serves the question-only condition of every mode from one computation)."""
+def _init_evaluator(model: str, kind: str, layer: int, folds: int, seed: int, threads: int) -> None:
+    """Runs in the evaluation process: one simulator for all datasets (its feature or score
+    cache then serves the question-only condition of every mode from one computation)."""
     global _SIMULATOR
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
-    _SIMULATOR = LikelihoodSimulator(model)
+    if kind == "zero-shot":
+        _SIMULATOR = LikelihoodSimulator(model)
+    else:
+        _SIMULATOR = TrainedSimulator(model, layer=layer, folds=folds, seed=seed)
 
 
 def _evaluate(
@@ -71,12 +79,9 @@ def _evaluate(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     assert _SIMULATOR is not None
     records = load_records(Path(path))
-    summary = summarize(
+    summary, sims = summarize_with_predictions(
         records, _SIMULATOR, calibration=calibration, bootstrap_reps=reps, seed=seed
     )
-    # Cached scores: this second pass costs no model time; it returns the predictions.
-    ok = [r for r in records if r.error is None]
-    _, sims = evaluate_las(ok, _SIMULATOR, calibration=calibration, reps=0)
     return summary.model_dump(mode="json"), [s.model_dump() for s in sims]
 
 
@@ -107,6 +112,7 @@ def generate(
                 perturbation=perturbation,
                 max_new_tokens=args.max_new_tokens,
                 seed=args.seed,
+                counterfactual_fraction=args.counterfactual_fraction,
             )
             summary = run_generate(
                 path,
@@ -133,9 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategyqa-limit", type=int, default=229, help="first N dev items (229)")
     p.add_argument("--creak-limit", type=int, default=300, help="first N dev items (300)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument(
+        "--counterfactual-fraction",
+        type=float,
+        default=1.0,
+        help="share of items that also get a counterfactual rationale (1.0: every item)",
+    )
     p.add_argument("--engine", choices=["vllm", "reference", "auto"], default="vllm")
     p.add_argument("--model", default="smollm2-135m", help="teacher")
-    p.add_argument("--simulator", default="smollm2-135m", help="LAS simulator")
+    p.add_argument("--simulator", default="smollm2-135m", help="LAS simulator's language model")
+    p.add_argument("--simulator-kind", choices=["trained", "zero-shot"], default="trained")
+    p.add_argument("--simulator-layer", type=int, default=DEFAULT_LAYER)
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS)
     p.add_argument("--calibration", choices=["batch", "none"], default="batch")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -169,7 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_evaluator,
-        initargs=(args.simulator, args.threads),
+        initargs=(
+            args.simulator,
+            args.simulator_kind,
+            args.simulator_layer,
+            args.folds,
+            args.seed,
+            args.threads,
+        ),
     )
     futures: dict[tuple[str, str], Future[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}
 
@@ -202,6 +224,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"evaluated {task}/{mode}", file=sys.stderr, flush=True)
     pool.shutdown()
     simulator_name = rows[0][2].las.simulator if rows and rows[0][2].las else args.simulator
+    by_tag_lines = [
+        "| task | mode | tag | n | LAS [95% CI] | acc Q+R % | acc Q % | acc R = leak % |",
+        "|---|---|---|---:|---|---|---|---|",
+    ]
+    by_tag: dict[str, Any] = {}
+    for task, mode, summary in rows:
+        las = summary.las
+        for tag in ("factual", "counterfactual"):
+            part = [x for x in simulated[(task, mode)] if x.tag == tag]
+            if not part or las is None:
+                continue
+            res = las_from_simulated(
+                part,
+                simulator=las.simulator,
+                calibration=las.calibration,
+                records=len(part),
+                skipped=0,
+                reps=args.bootstrap,
+                seed=args.seed,
+            )
+            by_tag[f"{task}/{mode}/{tag}"] = res.model_dump(mode="json")
+            by_tag_lines.append(
+                f"| {task} | {mode} | {tag} | {res.scored} | {res.las.value:.3f} "
+                f"[{res.las.low:.3f}, {res.las.high:.3f}] | {100 * res.acc_qr.value:.1f} "
+                f"| {100 * res.acc_q.value:.1f} | {100 * res.acc_r.value:.1f} |"
+            )
     total_seconds = round(time.perf_counter() - start, 1)
 
     paired: dict[str, Any] = {}
@@ -220,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     comparison_chart(
         rows,
         args.report_dir / "quality.png",
-        title=f"Teacher {args.model}, simulator {simulator_name} ({args.calibration} calibration)",
+        title=f"Teacher {args.model}, simulator {simulator_name} ({args.simulator_kind})",
     )
     diff_lines = [
         "| comparison (paired, same items) | LAS diff [95% CI] | acc Q+R diff | acc R diff |",
@@ -245,8 +293,15 @@ def main(argv: list[str] | None = None) -> int:
             f"| {key} | {run['records']} | {run['completion_tokens'] / max(1, run['records']):.1f}"
             f" | {at_length} | {run['decode_seconds']:.0f} |"
         )
-    tables = (
-        comparison_table(rows) + "\n" + "\n".join(diff_lines) + "\n\n" + "\n".join(gen_lines) + "\n"
+    tables = "\n".join(
+        [
+            comparison_table(rows),
+            "\n".join(by_tag_lines) + "\n",
+            "\n".join(diff_lines) + "\n",
+            "\n".join(gen_lines) + "\n",
+            "Simulator per dataset:\n",
+            simulator_notes(rows),
+        ]
     )
     (args.report_dir / "tables.md").write_text(tables)
     payload = {
@@ -262,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, v in runs.items()
         },
         "datasets": per_dataset,
+        "las_by_tag": by_tag,
         "paired_differences": paired,
     }
     (args.report_dir / "quality.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -60,7 +60,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             with make_client(args) as client:  # not a file: a job id
                 paths.append(client.jobs.download(src, tmp / f"{src}.jsonl", format="jsonl"))
         args.datasets = paths
-        return int(evaluation.run_eval(args))
+        if args.train_data is not None and not Path(args.train_data).is_file():
+            raise UsageError(f"--train-data: no such file: {args.train_data}")
+        try:
+            return int(evaluation.run_eval(args))
+        except (ValueError, FileNotFoundError) as exc:  # bad simulator options, too few records
+            raise UsageError(str(exc)) from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -135,9 +140,33 @@ def register(registry: CommandRegistry) -> None:
         help="rationale quality of datasets or jobs: signals, LAS (docs/QUALITY.md)",
     )
     p.add_argument("datasets", nargs="+", help="dataset .jsonl/.parquet files or job ids")
-    p.add_argument("--simulator", default=DEFAULT_MODEL, help="LAS simulator model or folder")
     p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
-    p.add_argument("--calibration", choices=["batch", "none"], default="batch")
+    p.add_argument(
+        "--simulator", default=DEFAULT_MODEL, help="LAS simulator's language model: name or folder"
+    )
+    p.add_argument(
+        "--simulator-kind",
+        choices=["trained", "zero-shot"],
+        default="trained",
+        help="trained: frozen LM + logistic head trained on held-out-free data (default); "
+        "zero-shot: option log-likelihood after a fixed prompt",
+    )
+    p.add_argument(
+        "--simulator-layer", type=int, default=16, help="hidden layer the trained simulator reads"
+    )
+    p.add_argument(
+        "--train-data",
+        type=Path,
+        default=None,
+        help="records to train the simulator on (default: cross-fit on each dataset)",
+    )
+    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds by item")
+    p.add_argument(
+        "--calibration",
+        choices=["batch", "none"],
+        default="batch",
+        help="zero-shot simulator only: batch calibration",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the summaries here")

@@ -36,14 +36,15 @@ before taking the argmax. It uses no labels. `calibration="none"` takes raw scor
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from contrail.client.types import RationaleRecord, TaskName
 from contrail.core.signals import answer_options
@@ -73,6 +74,39 @@ class Simulator(Protocol):
     def name(self) -> str: ...
 
     def score(self, inputs: Sequence[SimInput]) -> list[list[float]]: ...
+
+
+class SimulatorInfo(BaseModel):
+    """Which simulator produced a LAS result, how it was trained and what it cost."""
+
+    name: str
+    kind: Literal["trained", "zero-shot"]
+    model: str = Field(description="the language model it reads with (name or folder name)")
+    layer: int | None = Field(default=None, description="hidden layer read (trained only)")
+    head: str | None = Field(default=None, description="the trained head (trained only)")
+    calibration: str | None = Field(default=None, description="zero-shot only")
+    training: str = Field(description="what it was trained on, or 'none (zero-shot)'")
+    train_records: int = 0
+    train_items: int = 0
+    folds: int | None = None
+    seed: int | None = None
+    feature_seconds: float = Field(description="model forward passes (features or scores)")
+    train_seconds: float = 0.0
+
+
+@runtime_checkable
+class RecordSimulator(Protocol):
+    """A simulator that learns from records (`contrail.worker.eval_simulator.TrainedSimulator`):
+    it predicts an option per condition for each (record, options), None where it cannot."""
+
+    @property
+    def name(self) -> str: ...
+
+    def predict(
+        self, kept: Sequence[tuple[RationaleRecord, tuple[str, ...]]]
+    ) -> dict[Condition, list[str | None]]: ...
+
+    def info(self) -> SimulatorInfo: ...
 
 
 def record_options(
@@ -246,6 +280,7 @@ class LasResult(BaseModel):
     gain_nonleaked: Estimate
     bootstrap_reps: int
     seed: int
+    simulator_info: SimulatorInfo | None = None
 
 
 def calibrate(
@@ -269,11 +304,12 @@ def calibrate(
 
 def simulate(
     records: Sequence[RationaleRecord],
-    simulator: Simulator,
+    simulator: Simulator | RecordSimulator,
     *,
     calibration: Calibration = "batch",
 ) -> tuple[list[SimulatedRecord], int]:
-    """Predictions for every scorable record, and how many records were skipped (no options)."""
+    """Predictions for every scorable record, and how many records were skipped (no options, or
+    options a trained simulator cannot place). `calibration` applies to zero-shot scores only."""
     answers_by_item: dict[str, list[str]] = defaultdict(list)
     for rec in records:
         answers_by_item[rec.item_id].append(rec.answer)
@@ -284,26 +320,51 @@ def simulate(
         opts = record_options(rec, answers_by_item[rec.item_id])
         if opts is not None:
             kept.append((rec, opts))
-    skipped = len(records) - len(kept)
-    preds: dict[Condition, list[str]] = {}
-    for cond in CONDITIONS:
-        inputs = [sim_inputs(rec, opts)[cond] for rec, opts in kept]
-        raw = simulator.score(inputs) if inputs else []
-        scores = calibrate(raw, [o for _, o in kept], calibration)
-        preds[cond] = [opts[int(np.argmax(s))] for (_, opts), s in zip(kept, scores, strict=True)]
-    out = [
-        SimulatedRecord(
-            item_id=rec.item_id,
-            tag=rec.tag.value,
-            target=rec.answer,
-            options=list(opts),
-            pred_qr=preds["qr"][i],
-            pred_q=preds["q"][i],
-            pred_r=preds["r"][i],
+    preds: dict[Condition, list[str | None]]
+    if isinstance(simulator, RecordSimulator):
+        preds = simulator.predict(kept)
+    else:
+        preds = {}
+        for cond in CONDITIONS:
+            inputs = [sim_inputs(rec, opts)[cond] for rec, opts in kept]
+            raw = simulator.score(inputs) if inputs else []
+            scores = calibrate(raw, [o for _, o in kept], calibration)
+            preds[cond] = [
+                opts[int(np.argmax(s))] for (_, opts), s in zip(kept, scores, strict=True)
+            ]
+    out = []
+    for i, (rec, opts) in enumerate(kept):
+        qr, q, r = (preds[c][i] for c in CONDITIONS)
+        if qr is None or q is None or r is None:
+            continue
+        out.append(
+            SimulatedRecord(
+                item_id=rec.item_id,
+                tag=rec.tag.value,
+                target=rec.answer,
+                options=list(opts),
+                pred_qr=qr,
+                pred_q=q,
+                pred_r=r,
+            )
         )
-        for i, (rec, opts) in enumerate(kept)
-    ]
-    return out, skipped
+    return out, len(records) - len(out)
+
+
+def simulator_info(simulator: Simulator | RecordSimulator, calibration: str) -> SimulatorInfo:
+    """The provenance of `simulator`'s latest predictions (a generic one for custom simulators)."""
+    if isinstance(simulator, RecordSimulator):
+        return simulator.info()
+    if isinstance(simulator, LikelihoodSimulator):
+        return simulator.info(calibration)
+    return SimulatorInfo(
+        name=simulator.name,
+        kind="zero-shot",
+        model=simulator.name,
+        calibration=calibration,
+        training="none (zero-shot)",
+        feature_seconds=0.0,
+    )
 
 
 def las_from_simulated(
@@ -315,25 +376,29 @@ def las_from_simulated(
     skipped: int,
     reps: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    info: SimulatorInfo | None = None,
 ) -> LasResult:
     correct = np.array([s.correct for s in simulated], dtype=bool).reshape(-1, 3)
     stats = bootstrap(correct[:, 0], correct[:, 1], correct[:, 2], reps=reps, seed=seed)
-    return LasResult(
-        simulator=simulator,
-        calibration=calibration,
-        records=records,
-        scored=len(simulated),
-        skipped=skipped,
-        leaked=int(correct[:, 2].sum()),
-        bootstrap_reps=reps,
-        seed=seed,
-        **stats,
+    return LasResult.model_validate(
+        dict(
+            simulator=simulator,
+            calibration=calibration,
+            records=records,
+            scored=len(simulated),
+            skipped=skipped,
+            leaked=int(correct[:, 2].sum()),
+            bootstrap_reps=reps,
+            seed=seed,
+            simulator_info=info,
+            **stats,
+        )
     )
 
 
 def evaluate_las(
     records: Sequence[RationaleRecord],
-    simulator: Simulator,
+    simulator: Simulator | RecordSimulator,
     *,
     calibration: Calibration = "batch",
     reps: int = DEFAULT_BOOTSTRAP,
@@ -341,14 +406,16 @@ def evaluate_las(
 ) -> tuple[LasResult, list[SimulatedRecord]]:
     """LAS of `records` under `simulator`, and the per-record predictions."""
     simulated, skipped = simulate(records, simulator, calibration=calibration)
+    info = simulator_info(simulator, calibration)
     result = las_from_simulated(
         simulated,
         simulator=simulator.name,
-        calibration=calibration,
+        calibration=calibration if info.kind == "zero-shot" else "none",
         records=len(records),
         skipped=skipped,
         reps=reps,
         seed=seed,
+        info=info,
     )
     return result, simulated
 
@@ -405,15 +472,33 @@ class LikelihoodSimulator:
         self._max_batch_tokens = max_batch_tokens
         self._length_normalize = length_normalize
         self._cache: dict[tuple[str, tuple[str, ...]], list[float]] = {}
+        self.seconds = 0.0  # time spent scoring (all calls)
 
     @property
     def name(self) -> str:
         return self._name
 
+    def info(self, calibration: str) -> SimulatorInfo:
+        return SimulatorInfo(
+            name=self._name,
+            kind="zero-shot",
+            model=self._name,
+            calibration=calibration,
+            training="none (zero-shot: option log-likelihood after a fixed prompt)",
+            feature_seconds=round(self.seconds, 2),
+        )
+
     def _ids(self, text: str) -> list[int]:
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def score(self, inputs: Sequence[SimInput]) -> list[list[float]]:
+        start = time.perf_counter()
+        try:
+            return self._score(inputs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _score(self, inputs: Sequence[SimInput]) -> list[list[float]]:
         keys = [(render_context(inp), inp.options) for inp in inputs]
         todo = sorted({k for k in keys if k not in self._cache})
         # Each (context, options) becomes one sequence per option; single-token options share one.
@@ -491,9 +576,11 @@ __all__ = [
     "Estimate",
     "LasResult",
     "LikelihoodSimulator",
+    "RecordSimulator",
     "SimInput",
     "SimulatedRecord",
     "Simulator",
+    "SimulatorInfo",
     "bootstrap",
     "calibrate",
     "evaluate_las",
@@ -503,4 +590,5 @@ __all__ = [
     "record_options",
     "render_context",
     "simulate",
+    "simulator_info",
 ]

@@ -1,17 +1,20 @@
 """Rationale quality of a dataset: cheap signals, optional LAS, comparison reports, and the
 `eval` / `export` command lines.
 
-    from contrail.worker.evaluation import summarize, LikelihoodSimulator
-    summary = summarize(records)                                   # cheap signals only
-    summary = summarize(records, simulator=LikelihoodSimulator())  # + LAS (loads a model)
+    from contrail.worker.evaluation import summarize, TrainedSimulator, LikelihoodSimulator
+    summary = summarize(records)                                  # cheap signals only
+    summary = summarize(records, simulator=TrainedSimulator())    # + LAS (loads a model)
+    summary = summarize(records, simulator=LikelihoodSimulator()) # zero-shot LAS
 
 `summarize` is what a job finalizer calls; `QualitySummary` is JSON-ready (pydantic) for the
 manifest. Definitions: docs/QUALITY.md, `contrail.core.signals`, `contrail.worker.eval_las`.
 
 Command line (the `contrail eval` / `contrail export` subcommands call these):
 
-    python -m contrail.worker.evaluation eval runs/a.jsonl [runs/b.jsonl ...] [--simulator MODEL]
-        [--no-las] [--calibration batch|none] [--json out.json] [--report-dir DIR]
+    python -m contrail.worker.evaluation eval runs/a.jsonl [runs/b.jsonl ...] [--no-las]
+        [--simulator MODEL] [--simulator-kind trained|zero-shot] [--simulator-layer N]
+        [--train-data FILE] [--folds K] [--calibration batch|none] [--json out.json]
+        [--report-dir DIR]
     python -m contrail.worker.evaluation export runs/a.jsonl --out-dir runs/a-student
         [--dev-fraction 0.1] [--seed 0] [--no-parquet]
 """
@@ -24,7 +27,6 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
@@ -41,13 +43,19 @@ from contrail.worker.eval_las import (
     Estimate,
     LasResult,
     LikelihoodSimulator,
+    RecordSimulator,
+    SimulatedRecord,
     Simulator,
     evaluate_las,
 )
+from contrail.worker.eval_simulator import (
+    DEFAULT_FOLDS,
+    DEFAULT_LAYER,
+    TrainedSimulator,
+)
 from contrail.worker.export import export_student, load_records
 
-if TYPE_CHECKING:
-    from contrail.worker.eval_las import SimulatedRecord
+AnySimulator = Simulator | RecordSimulator
 
 QUALITY_SCHEMA_VERSION = "1"
 
@@ -66,22 +74,37 @@ class QualitySummary(BaseModel):
 
 def summarize(
     records: Sequence[RationaleRecord],
-    simulator: Simulator | None = None,
+    simulator: AnySimulator | None = None,
     *,
     calibration: Calibration = "batch",
     bootstrap_reps: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
 ) -> QualitySummary:
     """Quality summary of `records`; LAS only when a `simulator` is given (it runs a model)."""
+    return summarize_with_predictions(
+        records, simulator, calibration=calibration, bootstrap_reps=bootstrap_reps, seed=seed
+    )[0]
+
+
+def summarize_with_predictions(
+    records: Sequence[RationaleRecord],
+    simulator: AnySimulator | None = None,
+    *,
+    calibration: Calibration = "batch",
+    bootstrap_reps: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[QualitySummary, list[SimulatedRecord]]:
+    """`summarize`, and the simulator's per-record predictions (empty without a simulator)."""
     ok = [r for r in records if r.error is None]
-    las = None
+    las: LasResult | None = None
+    sims: list[SimulatedRecord] = []
     if simulator is not None:
-        las, _ = evaluate_las(
+        las, sims = evaluate_las(
             ok, simulator, calibration=calibration, reps=bootstrap_reps, seed=seed
         )
     summary = summary_from_signals([record_signals(r) for r in ok], len(records) - len(ok))
     summary.las = las
-    return summary
+    return summary, sims
 
 
 def summary_from_signals(
@@ -101,7 +124,7 @@ def summary_from_signals(
 
 def evaluate_file(
     path: Path,
-    simulator: Simulator | None = None,
+    simulator: AnySimulator | None = None,
     *,
     calibration: Calibration = "batch",
     bootstrap_reps: int = DEFAULT_BOOTSTRAP,
@@ -111,16 +134,11 @@ def evaluate_file(
     """`summarize` a dataset file; `details_path` gets one JSON line per record (signals, and the
     simulator's predictions when LAS runs)."""
     records = load_records(path)
-    summary = summarize(
+    summary, sims = summarize_with_predictions(
         records, simulator, calibration=calibration, bootstrap_reps=bootstrap_reps, seed=seed
     )
     if details_path is not None:
-        simulated: dict[tuple[str, str], SimulatedRecord] = {}
-        if simulator is not None:
-            ok = [r for r in records if r.error is None]
-            # Scores are cached inside the simulator, so this costs no second model pass.
-            _, sims = evaluate_las(ok, simulator, calibration=calibration, reps=0, seed=seed)
-            simulated = {(s.item_id, s.tag): s for s in sims}
+        simulated = {(s.item_id, s.tag): s for s in sims}
         details_path.parent.mkdir(parents=True, exist_ok=True)
         with details_path.open("w", encoding="utf-8") as fh:
             for rec in records:
@@ -191,6 +209,29 @@ def comparison_table(rows: Sequence[ComparisonRow]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def simulator_notes(rows: Sequence[ComparisonRow]) -> str:
+    """Markdown lines saying which simulator produced each row's LAS, how it was trained and
+    what it cost (empty when no row has LAS)."""
+    lines = []
+    for group, variant, s in rows:
+        info = s.las.simulator_info if s.las else None
+        if info is None:
+            continue
+        label = " ".join(x for x in (group, variant) if x)
+        how = info.training
+        if info.kind == "trained":
+            how += f"; {info.train_records} training records ({info.train_items} items), seed"
+            how += f" {info.seed}; head: {info.head}; layer {info.layer}"
+        else:
+            how += f"; calibration {info.calibration}"
+        lines.append(
+            f"- {label}: simulator `{info.name}` ({info.kind}); {how}; model forward passes "
+            f"{info.feature_seconds:.1f} s (cumulative in this run), head training "
+            f"{info.train_seconds:.1f} s"
+        )
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def comparison_chart(rows: Sequence[ComparisonRow], path: Path, title: str | None = None) -> Path:
     """A PNG of grouped bars (groups x variants) for LAS, acc Q+R, leak rate, restates and
     names-other rates; CI whiskers where the metric has a bootstrap CI."""
@@ -259,14 +300,74 @@ def comparison_chart(rows: Sequence[ComparisonRow], path: Path, title: str | Non
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("datasets", nargs="+", type=Path, help="dataset .jsonl or .parquet files")
-    p.add_argument("--simulator", default="smollm2-135m", help="simulator model name or folder")
-    p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
-    p.add_argument("--calibration", choices=["batch", "none"], default="batch")
+    add_simulator_arguments(p)
     p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the summaries here")
     p.add_argument(
         "--report-dir", type=Path, default=None, help="write report.md + report.png here"
+    )
+
+
+def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
+    """The LAS simulator options of `eval` (shared with the `contrail eval` command)."""
+    p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
+    p.add_argument(
+        "--simulator", default="smollm2-135m", help="simulator language model: name or folder"
+    )
+    p.add_argument(
+        "--simulator-kind",
+        choices=["trained", "zero-shot"],
+        default="trained",
+        help="trained: frozen LM + logistic head trained on held-out-free data (default); "
+        "zero-shot: option log-likelihood after a fixed prompt",
+    )
+    p.add_argument(
+        "--simulator-layer",
+        type=int,
+        default=DEFAULT_LAYER,
+        help=f"hidden layer the trained simulator reads (default {DEFAULT_LAYER})",
+    )
+    p.add_argument(
+        "--train-data",
+        type=Path,
+        default=None,
+        help="records (.jsonl/.parquet) to train the simulator on; default: cross-fit on "
+        "each evaluated dataset",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=DEFAULT_FOLDS,
+        help=f"cross-fitting folds by item (default {DEFAULT_FOLDS})",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=["batch", "none"],
+        default="batch",
+        help="zero-shot simulator only: batch calibration of option scores",
+    )
+
+
+def build_simulator(args: argparse.Namespace) -> AnySimulator | None:
+    """The simulator the `eval` options ask for (None with --no-las); raises ValueError for an
+    unusable option (unknown model, bad layer, too few training records)."""
+    if args.no_las:
+        return None
+    if args.simulator_kind == "zero-shot":
+        return LikelihoodSimulator(args.simulator)
+    train = None
+    if args.train_data is not None:
+        if not Path(args.train_data).is_file():
+            raise ValueError(f"--train-data: no such file: {args.train_data}")
+        train = load_records(Path(args.train_data))
+    return TrainedSimulator(
+        args.simulator,
+        layer=args.simulator_layer,
+        folds=args.folds,
+        seed=args.seed,
+        train_records=train,
+        train_source=str(args.train_data) if train is not None else None,
     )
 
 
@@ -279,7 +380,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    simulator = None if args.no_las else LikelihoodSimulator(args.simulator)
+    simulator = build_simulator(args)
     summaries: dict[str, QualitySummary] = {}
     for path in args.datasets:
         summaries[str(path)] = evaluate_file(
@@ -290,14 +391,15 @@ def run_eval(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
     rows = [("", Path(p).stem, s) for p, s in summaries.items()]
-    print(comparison_table(rows), end="")
+    report = comparison_table(rows) + "\n" + simulator_notes(rows)
+    print(report, end="")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {p: s.model_dump(mode="json") for p, s in summaries.items()}
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     if args.report_dir is not None:
         args.report_dir.mkdir(parents=True, exist_ok=True)
-        (args.report_dir / "report.md").write_text(comparison_table(rows), encoding="utf-8")
+        (args.report_dir / "report.md").write_text(report, encoding="utf-8")
         comparison_chart(rows, args.report_dir / "report.png")
     return 0
 

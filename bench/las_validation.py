@@ -1,0 +1,231 @@
+"""Does the LAS simulator tell human rationales from random ones? (docs/QUALITY.md, validation)
+
+On StrategyQA dev and CREAK dev (the project's shared copy of the data), each item gets two
+records with the gold answer as the rationalised answer: one whose rationale is the item's own
+human rationale (StrategyQA facts, CREAK explanation) and one whose rationale is another item's
+human rationale (a seeded derangement: every item gets a different item's rationale). A simulator
+that reads rationales must give the human records a higher LAS than the shuffled ones (paired
+bootstrap over items) and a higher accuracy from question + rationale than from the question.
+
+    nice -n 10 .venv/bin/python bench/las_validation.py                      # trained simulator
+    nice -n 10 .venv/bin/python bench/las_validation.py --zero-shot          # + zero-shot beside
+    nice -n 10 .venv/bin/python bench/las_validation.py --train-split --out runs/x.json
+        # the simulator trained once on the task's training split (human rationales) instead of
+        # cross-fitted on the dev records
+
+Writes a JSON file (every number, the settings and the timings) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from contrail.client.types import (
+    DecodingMode,
+    FinishReason,
+    Perturbation,
+    RationaleRecord,
+    RecordDecoding,
+    Tag,
+    TaskName,
+)
+from contrail.core.tasks.formats import load_items
+from contrail.worker.eval_las import (
+    LikelihoodSimulator,
+    RecordSimulator,
+    Simulator,
+    evaluate_las,
+    paired_difference,
+)
+from contrail.worker.eval_simulator import DEFAULT_FOLDS, DEFAULT_LAYER, TrainedSimulator
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+TASKS: dict[str, tuple[TaskName, Path]] = {
+    "StrategyQA": (TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json"),
+    "CREAK": (TaskName.CREAK, DATA / "creak" / "dev.json"),
+}
+TRAIN: dict[str, Path] = {
+    "StrategyQA": DATA / "strategyqa" / "train.json",
+    "CREAK": DATA / "creak" / "train.json",
+}
+
+
+def human_records(
+    task: TaskName, path: Path, limit: int | None, seed: int
+) -> tuple[list[RationaleRecord], list[RationaleRecord]]:
+    """(records with each item's human rationale, records with a deranged item's rationale)."""
+    loaded = load_items(path, task)
+    items = [i for i in loaded.items if i.rationale][:limit]
+    order = list(range(len(items)))
+    rng = random.Random(seed)
+    while any(i == j for i, j in enumerate(order)):
+        rng.shuffle(order)
+
+    def record(item_index: int, rationale: str) -> RationaleRecord:
+        item = items[item_index]
+        return RationaleRecord(
+            item_id=item.id,
+            task=task,
+            question=item.question,
+            choices=item.choices,
+            gold_answer=item.answer,
+            answer=item.answer,
+            tag=Tag.FACTUAL,
+            rationale=rationale,
+            decoding=RecordDecoding(
+                mode=DecodingMode.GREEDY,
+                perturbation=Perturbation.WRONG,
+                contrast_answer=None,
+                temperature=1.0,
+                max_new_tokens=0,
+                seed=seed,
+            ),
+            model="human",
+            finish_reason=FinishReason.STOP,
+            prompt_tokens=0,
+            completion_tokens=0,
+        )
+
+    human = [record(i, str(items[i].rationale)) for i in range(len(items))]
+    shuffled = [record(i, str(items[order[i]].rationale)) for i in range(len(items))]
+    return human, shuffled
+
+
+def validate(
+    name: str,
+    simulator: Simulator | RecordSimulator,
+    human: list[RationaleRecord],
+    shuffled: list[RationaleRecord],
+    reps: int,
+    seed: int,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    res_h, sims_h = evaluate_las(human, simulator, reps=reps, seed=seed)
+    res_s, sims_s = evaluate_las(shuffled, simulator, reps=reps, seed=seed)
+    diff = paired_difference(sims_h, sims_s, reps=reps, seed=seed)
+    # Accuracy gain of Q+R over Q on the human records, paired over the same records.
+    gain = paired_difference(
+        [s.model_copy(update={"pred_q": s.pred_qr}) for s in sims_h],
+        [s.model_copy(update={"pred_qr": s.pred_q}) for s in sims_h],
+        reps=reps,
+        seed=seed,
+    )["acc_qr"]
+    las_ok = diff["las"].low > 0
+    acc_ok = gain.low > 0
+    return {
+        "simulator": name,
+        "human": res_h.model_dump(mode="json"),
+        "shuffled": res_s.model_dump(mode="json"),
+        "las_human_minus_shuffled": diff["las"].model_dump(),
+        "acc_qr_human_minus_shuffled": diff["acc_qr"].model_dump(),
+        "acc_qr_minus_acc_q_human": gain.model_dump(),
+        "passes": {"las_above_shuffled": las_ok, "acc_qr_above_acc_q": acc_ok},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _ci(e: dict[str, float], pct: bool = False) -> str:
+    k, d = (100.0, 1) if pct else (1.0, 3)
+    return f"{e['value'] * k:+.{d}f} [{e['low'] * k:+.{d}f}, {e['high'] * k:+.{d}f}]"
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| task | simulator | n | LAS human | LAS shuffled | LAS human - shuffled (paired) "
+        "| acc Q+R % human | acc Q % | acc Q+R - acc Q (paired, pts) | acc R % human | passes |",
+        "|---|---|---:|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        task = key.split("/")[0]
+        h, s = r["human"], r["shuffled"]
+        ok = "yes" if all(r["passes"].values()) else "no"
+        lines.append(
+            f"| {task} | {r['simulator']} | {h['scored']} | {_ci(h['las'])} | {_ci(s['las'])} "
+            f"| {_ci(r['las_human_minus_shuffled'])} | {100 * h['acc_qr']['value']:.1f} "
+            f"| {100 * h['acc_q']['value']:.1f} | {_ci(r['acc_qr_minus_acc_q_human'], True)} "
+            f"| {100 * h['acc_r']['value']:.1f} | {ok} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", default="StrategyQA,CREAK", help="comma-separated (both)")
+    p.add_argument("--strategyqa-limit", type=int, default=None, help="first N dev items (all)")
+    p.add_argument("--creak-limit", type=int, default=None, help="first N dev items (all)")
+    p.add_argument("--simulator", default="smollm2-135m")
+    p.add_argument("--layer", type=int, default=DEFAULT_LAYER)
+    p.add_argument("--folds", type=int, default=DEFAULT_FOLDS)
+    p.add_argument("--zero-shot", action="store_true", help="also run the zero-shot simulator")
+    p.add_argument(
+        "--train-split",
+        action="store_true",
+        help="train the simulator on the task's training split (human rationales) instead of\n"
+        "cross-fitting it on the dev records",
+    )
+    p.add_argument("--train-limit", type=int, default=2061, help="first N training items (2061)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: library default)")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "quality" / "validation.json")
+    args = p.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    limits = {"StrategyQA": args.strategyqa_limit, "CREAK": args.creak_limit}
+    start = time.perf_counter()
+    trained = TrainedSimulator(args.simulator, layer=args.layer, folds=args.folds, seed=args.seed)
+    zero_shot = LikelihoodSimulator(args.simulator) if args.zero_shot else None
+    results: dict[str, dict[str, Any]] = {}
+    for task, (task_name, path) in TASKS.items():
+        if task not in args.tasks.split(","):
+            continue
+        human, shuffled = human_records(task_name, path, limits[task], args.seed)
+        if args.train_split:
+            train, _ = human_records(task_name, TRAIN[task], args.train_limit, args.seed)
+            trained = TrainedSimulator(
+                encoder=trained.encoder,
+                seed=args.seed,
+                train_records=train,
+                train_source=f"{task} train, first {len(train)} items, human rationales",
+            )
+        label = "trained (train split)" if args.train_split else "trained (cross-fit)"
+        sims: list[tuple[str, Simulator | RecordSimulator]] = [(label, trained)]
+        if zero_shot is not None:
+            sims.append(("zero-shot", zero_shot))
+        for label, sim in sims:
+            results[f"{task}/{label}"] = validate(
+                label, sim, human, shuffled, args.bootstrap, args.seed
+            )
+            print(f"{task}/{label}: {results[f'{task}/{label}']['passes']}", file=sys.stderr)
+    payload = {
+        "settings": {
+            k: (
+                str(v.relative_to(ROOT))
+                if isinstance(v, Path) and v.is_relative_to(ROOT)
+                else str(v)
+                if isinstance(v, Path)
+                else v
+            )
+            for k, v in vars(args).items()
+        },
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "results": results,
+        "table": table(results),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(payload["table"])
+    return 0 if all(all(r["passes"].values()) for k, r in results.items() if "trained" in k) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

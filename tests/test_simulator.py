@@ -1,0 +1,161 @@
+"""The trained LAS simulator: class mapping, cross-fitting by item, training on separate records,
+provenance, and a small validation on real CREAK dev rationales (human vs shuffled)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from contrail.client.types import Tag, TaskName
+from contrail.worker.eval_las import evaluate_las, paired_difference, record_options
+from contrail.worker.eval_simulator import (
+    HiddenStateEncoder,
+    TrainedSimulator,
+    answer_class,
+    fold_of,
+    option_of_class,
+)
+from contrail.worker.evaluation import main
+from tests.test_evaluation import make_record
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not present")
+
+
+def test_answer_classes_round_trip() -> None:
+    yes_no = make_record("a", "x", answer="no")
+    no_yes = make_record("b", "x", answer="no", choices=["no", "yes"])
+    # Binary tasks: the class is the option itself, whatever order the record lists them in.
+    assert answer_class(yes_no, ["yes", "no"], "no") == answer_class(no_yes, ["no", "yes"], "no")
+    assert option_of_class(no_yes, ["no", "yes"], 1) == "no"
+    mc = make_record("c", "x", answer="park", task=TaskName.CSQA, choices=["bank", "park", "sea"])
+    assert answer_class(mc, ["bank", "park", "sea"], "park") == 1  # shown choices: position
+    assert option_of_class(mc, ["bank", "park", "sea"], 2) == "sea"
+    free = make_record("d", "x", answer="Paris", task=TaskName.GENERIC, choices=None)
+    opts = record_options(free)
+    assert opts is not None and answer_class(free, opts, "Paris") is None  # not shown: no class
+
+
+def test_folds_keep_an_items_records_together() -> None:
+    assert fold_of("item-7", 5, 0) == fold_of("item-7", 5, 0)
+    folds = [fold_of(f"item-{i}", 5, 0) for i in range(500)]
+    assert set(folds) == set(range(5))
+    assert min(folds.count(k) for k in range(5)) > 60  # roughly even
+    assert [fold_of(f"item-{i}", 5, 1) for i in range(50)] != folds[:50]  # the seed matters
+
+
+def cue_records(n: int, *, shuffled: bool = False, prefix: str = "s") -> list:  # type: ignore[type-arg]
+    """Factual and counterfactual records whose rationale states its answer in words the tiny
+    model reads ("yes yes yes" / "no no no"); `shuffled` gives every record another item's
+    rationale (from the record four items on, an independent answer)."""
+    records = []
+    for i in range(n):
+        gold = "yes" if (i * 7) % 3 else "no"
+        for tag, answer in (
+            (Tag.FACTUAL, gold),
+            (Tag.COUNTERFACTUAL, "no" if gold == "yes" else "yes"),
+        ):
+            source = (i + 4) % n if shuffled else i
+            src_gold = "yes" if (source * 7) % 3 else "no"
+            src_answer = src_gold if tag is Tag.FACTUAL else ("no" if src_gold == "yes" else "yes")
+            records.append(
+                make_record(
+                    f"{prefix}{i}",
+                    f"It is {src_answer}, {src_answer}, {src_answer}.",
+                    question=f"Is thing number {i} true?",
+                    answer=answer,
+                    gold=gold,
+                    tag=tag,
+                )
+            )
+    return records
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tiny_model_path: Path) -> HiddenStateEncoder:
+    return HiddenStateEncoder(str(tiny_model_path), layer=2, max_batch_tokens=2048)
+
+
+def test_crossfitted_simulator_reads_rationales(tiny_encoder: HiddenStateEncoder) -> None:
+    sim = TrainedSimulator(encoder=tiny_encoder, folds=4, seed=0, c=1.0)
+    human = cue_records(40)
+    result, sims = evaluate_las(human, sim, reps=200)
+    # Factual and counterfactual records of an item share the question but not the answer, so
+    # the question alone is at most right once per item; the rationale says the answer.
+    assert result.scored == 80 and result.skipped == 0
+    assert result.acc_q.value <= 0.5 + 1e-9
+    assert result.acc_qr.value >= 0.9 and result.las.value >= 0.35
+    info = result.simulator_info
+    assert info is not None and info.kind == "trained" and info.folds == 4
+    assert info.train_records == 80 and info.train_items == 40 and info.seed == 0
+    assert info.model == tiny_encoder.model_name and info.layer == 2
+    assert info.feature_seconds > 0
+    shuffled_result, shuffled = evaluate_las(cue_records(40, shuffled=True), sim, reps=200)
+    diff = paired_difference(sims, shuffled, reps=200)
+    assert diff["las"].low > 0 and shuffled_result.las.value < result.las.value
+
+
+def test_crossfit_never_scores_an_item_with_a_head_that_saw_it(
+    tiny_encoder: HiddenStateEncoder,
+) -> None:
+    # Answers are coin flips that nothing in the text predicts, but every question is unique, so
+    # a head that had seen an item could memorise it. Held out, it cannot beat chance by much.
+    records = [
+        make_record(f"m{i}", "Some words here.", question=f"Is item {i} so?", answer=answer)
+        for i, answer in enumerate("yes" if (i * 37 + 11) % 7 < 3 else "no" for i in range(60))
+    ]
+    sim = TrainedSimulator(encoder=tiny_encoder, folds=5, c=100.0)
+    result, _ = evaluate_las(records, sim, reps=10)
+    assert result.acc_qr.value < 0.75 and result.acc_q.value < 0.75
+
+
+def test_trained_on_separate_records_skips_evaluated_items(
+    tiny_encoder: HiddenStateEncoder,
+) -> None:
+    train = cue_records(30, prefix="t") + cue_records(5, prefix="e")  # 5 items also evaluated
+    sim = TrainedSimulator(encoder=tiny_encoder, train_records=train, train_source="t.jsonl", c=1.0)
+    result, _ = evaluate_las(cue_records(12, prefix="e"), sim, reps=50)
+    info = result.simulator_info
+    assert info is not None and info.folds is None and "t.jsonl" in info.training
+    assert (info.train_records, info.train_items) == (60, 30)  # the 5 "e" items left out
+    assert result.acc_qr.value >= 0.9
+
+
+def test_too_few_items_is_a_clear_error(tiny_encoder: HiddenStateEncoder) -> None:
+    with pytest.raises(ValueError, match="at least 20 scorable items"):
+        evaluate_las(cue_records(6), TrainedSimulator(encoder=tiny_encoder), reps=10)
+
+
+def test_eval_cli_trained_simulator_writes_provenance(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(r.model_dump_json() + "\n" for r in cue_records(24)))
+    out = tmp_path / "q.json"
+    args = ["eval", str(path), "--simulator", str(tiny_model_path), "--simulator-layer", "2"]
+    assert (
+        main([*args, "--bootstrap", "50", "--json", str(out), "--report-dir", str(tmp_path)]) == 0
+    )
+    las = json.loads(out.read_text())[str(path)]["las"]
+    assert las["simulator_info"]["kind"] == "trained" and las["simulator_info"]["folds"] == 5
+    report = (tmp_path / "report.md").read_text()
+    assert "simulator `" in report and "cross-fitted" in report
+    with pytest.raises(ValueError, match="train-data"):
+        main([*args, "--train-data", str(tmp_path / "missing.jsonl")])
+
+
+@needs_data
+@pytest.mark.slow
+def test_validation_creak_human_beats_shuffled(smollm2_path: Path) -> None:
+    """The benchmark's check (bench/las_validation.py) on the first 200 CREAK dev items with the
+    default simulator: human explanations beat their shuffled control, and help beyond the
+    question."""
+    from bench.las_validation import TASKS, human_records, validate
+
+    task, path = TASKS["CREAK"]
+    human, shuffled = human_records(task, path, 200, seed=0)
+    sim = TrainedSimulator(str(smollm2_path))
+    result = validate("trained", sim, human, shuffled, reps=300, seed=0)
+    assert result["passes"] == {"las_above_shuffled": True, "acc_qr_above_acc_q": True}

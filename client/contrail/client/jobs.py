@@ -30,6 +30,7 @@ from contrail.client.types import (
     Job,
     JobCreate,
     JobList,
+    QualitySettings,
     RationaleRecord,
     TaskName,
 )
@@ -56,6 +57,7 @@ def _create_options(
     metadata: Mapping[str, str] | None,
     completion_window: str,
     idempotency_key: str | None,
+    quality: QualitySettings | Mapping[str, Any] | None = None,
 ) -> RequestOptions:
     body = JobCreate.model_validate(
         {
@@ -79,6 +81,7 @@ def _create_options(
             ),
             "metadata": dict(metadata) if metadata is not None else None,
             "completion_window": completion_window,
+            "quality": (quality.model_dump() if isinstance(quality, QualitySettings) else quality),
         }
     )
     # One key for every attempt: a retried create after a lost answer returns the same job.
@@ -175,12 +178,14 @@ class Jobs:
         metadata: Mapping[str, str] | None = None,
         completion_window: str = "24h",
         idempotency_key: str | None = None,
+        quality: QualitySettings | Mapping[str, Any] | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
         idempotency key is generated once and sent with every retry. After
-        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``."""
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``.
+        ``quality={"las": True}`` adds LAS to the manifest (docs/QUALITY.md)."""
         options = _create_options(
             model=model,
             task=task,
@@ -191,6 +196,7 @@ class Jobs:
             metadata=metadata,
             completion_window=completion_window,
             idempotency_key=idempotency_key,
+            quality=quality,
         )
         response = self._client.request(options)
         return Job.model_validate_json(response.content)
@@ -342,12 +348,14 @@ class AsyncJobs:
         metadata: Mapping[str, str] | None = None,
         completion_window: str = "24h",
         idempotency_key: str | None = None,
+        quality: QualitySettings | Mapping[str, Any] | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
         idempotency key is generated once and sent with every retry. After
-        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``."""
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``.
+        ``quality={"las": True}`` adds LAS to the manifest (docs/QUALITY.md)."""
         options = _create_options(
             model=model,
             task=task,
@@ -358,6 +366,7 @@ class AsyncJobs:
             metadata=metadata,
             completion_window=completion_window,
             idempotency_key=idempotency_key,
+            quality=quality,
         )
         response = await self._client.request(options)
         return Job.model_validate_json(response.content)

@@ -22,6 +22,7 @@ from contrail.client.types import (
     ErrorDetail,
     Item,
     JobStatus,
+    QualitySettings,
     TaskName,
     completion_window_seconds,
 )
@@ -150,6 +151,7 @@ class JobSpec:
     demonstrations: list[Demonstration] | None
     metadata: dict[str, str] | None
     completion_window: str
+    quality: QualitySettings | None = None
 
 
 def new_record(job_id: str, spec: JobSpec, job_input: JobInput, now: float) -> JobRecord:
@@ -162,6 +164,7 @@ def new_record(job_id: str, spec: JobSpec, job_input: JobInput, now: float) -> J
         decoding=spec.decoding,
         demonstrations=spec.demonstrations,
         metadata=spec.metadata,
+        quality=spec.quality,
         input_file_id=job_input.input_file_id,
         input_prefix=job_input.prefix,
         items=job_input.items,

@@ -41,6 +41,14 @@ class WorkerSettings(CommonSettings):
         description="Retry failing object-storage calls this long (with backoff) before "
         "giving the shards in hand back to the queue.",
     )
+    las_simulator: str = Field(
+        default="smollm2-135m",
+        description="Language model of the LAS simulator, for jobs that ask for LAS "
+        "(quality.las): a model name or folder.",
+    )
+    las_simulator_layer: int = Field(
+        default=16, ge=1, description="Hidden layer the LAS simulator reads."
+    )
     scratch_dir: Path | None = Field(
         default=None,
         description="Local folder for building a job's dataset files at finalization (about "

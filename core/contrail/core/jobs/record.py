@@ -22,6 +22,7 @@ from contrail.client.types import (
     FileObject,
     Job,
     JobStatus,
+    QualitySettings,
     RequestCounts,
     TaskName,
     Usage,
@@ -78,7 +79,9 @@ def _ts(v: float | None) -> int | None:
 class JobRecord(_HashRecord):
     """Everything Redis knows about a job (`contrail:job:<id>`)."""
 
-    _json: ClassVar[frozenset[str]] = frozenset({"decoding", "demonstrations", "metadata"})
+    _json: ClassVar[frozenset[str]] = frozenset(
+        {"decoding", "demonstrations", "metadata", "quality"}
+    )
 
     id: str
     tenant: str
@@ -88,6 +91,7 @@ class JobRecord(_HashRecord):
     decoding: DecodingSettings
     demonstrations: list[Demonstration] | None = None
     metadata: dict[str, str] | None = None
+    quality: QualitySettings | None = None  # measurements asked for at finalization
     input_file_id: str | None = None
     input_prefix: str  # shard i reads "<input_prefix><i:06d>.jsonl" from storage
     items: int
@@ -137,6 +141,7 @@ class JobRecord(_HashRecord):
             ),
             usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens),
             metadata=self.metadata,
+            quality=self.quality,
             error=self.error,
             completion_window=self.completion_window,
             created_at=int(self.created_at),

@@ -125,6 +125,7 @@ async def create_job(
         ),
         metadata=body.metadata,
         completion_window=body.completion_window,
+        quality=body.quality,
     )
     record = creation.new_record(job_id, spec, job_input, time.time())
     created = await creation.create(store, storage, settings, record, job_input, idempotency)
@@ -224,6 +225,7 @@ async def resubmit_job(
         demonstrations=old.demonstrations,
         metadata={**(old.metadata or {}), "resubmitted_from": job_id},
         completion_window=old.completion_window,
+        quality=old.quality,
     )
     record = creation.new_record(new_job_id, spec, job_input, time.time())
     return (await creation.create(store, storage, settings, record, job_input, None)).to_job()

@@ -305,6 +305,8 @@ class TrainedSimulator:
                 f"no committed head for {task.value}"
                 if task is not None
                 else "the records are of several tasks"
+                if tasks
+                else "no scorable records"
             )
             if self.training == "head":
                 raise ValueError(f"--simulator-training head: {why}")

@@ -27,6 +27,7 @@ from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
 from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, StorageUnavailable
 from contrail.service.errors import ApiError, error_body
+from contrail.service.limits import UPLOAD_PATH, BodyLimit
 from contrail.service.metrics import API_ERRORS
 from contrail.service.routers import files, health, jobs, models, ui
 from contrail.service.settings import ApiSettings, get_settings
@@ -127,6 +128,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.dependency_overrides[get_settings] = lambda: settings
     for router in (files.router, jobs.router, models.router, health.router, ui.router):
         app.include_router(router)
+
+    def body_limit(method: str, path: str) -> int:
+        s = settings or get_settings()
+        if method == "POST" and path.rstrip("/") == UPLOAD_PATH:
+            return s.max_upload_bytes
+        return s.max_request_bytes
+
+    app.add_middleware(BodyLimit, limit_for=body_limit, answer=_answer)
 
     _document_errors(app)
 

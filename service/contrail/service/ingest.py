@@ -206,7 +206,7 @@ class _Array(_Records):
         self.out: list[Any] = ijson.sendable_list()
         self.coro = ijson.items_coro(self.out, "item", use_float=True)
         self.index = 0
-        self.since_record = 0  # bytes fed since the last complete element
+        self.since_record = 0  # bytes fed without completing an element
         self.failed = False
 
     def feed(self, data: bytes) -> Batch:
@@ -221,7 +221,9 @@ class _Array(_Records):
             return batch
         before = self.index
         self._take_out(batch)
-        self.since_record = len(data) if self.index > before else self.since_record + len(data)
+        # Bytes of the element still open: all of this feed when it completed none (a lower
+        # bound otherwise, so a record over the limit is caught one feed late at most).
+        self.since_record = 0 if self.index > before else self.since_record + len(data)
         if self.since_record > self.max_record:
             self.failed = True
             n = self.index + 1

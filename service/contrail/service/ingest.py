@@ -211,7 +211,7 @@ class _Array(_Records):
 
     def feed(self, data: bytes) -> Batch:
         batch = Batch()
-        if self.failed:
+        if self.failed or not data:  # ijson reads an empty send as the end of the input
             return batch
         try:
             self.coro.send(data)
@@ -368,6 +368,8 @@ class IngestParser:
 
     # -------------------------------------------------------------- driving
     def feed(self, data: bytes) -> Iterator[Batch]:
+        if not data:
+            return
         if not self._outer_known:
             self._outer += data
             if len(self._outer) < len(GZIP_MAGIC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -100,6 +101,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
+        # Uploads are validated in worker threads (CPU-bound Python); the event loop waits for
+        # the GIL up to one switch interval each time it needs it. 1 ms instead of 5 ms keeps
+        # other requests' latency low during a large upload (bench/upload.py measures it).
+        sys.setswitchinterval(0.001)
         # A connection broken by a Redis restart is retried (briefly) before answering 503.
         app.state.redis = Redis.from_url(
             s.redis_url,

@@ -39,8 +39,10 @@ from contrail.core.tasks.formats import LineParser
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
 UTF8_BOM = b"\xef\xbb\xbf"
-PIECE_BYTES = 1 << 20  # decompressed bytes handled per step
-PARQUET_BATCH_ROWS = 1024
+# Bytes (of decompressed content) validated per step, and Parquet rows per step: one step is a few
+# milliseconds of work, after which the route's event loop gets its turn (see routers/files.py).
+PIECE_BYTES = 64 << 10
+PARQUET_BATCH_ROWS = 256
 _BLANK = b" \t\r\n"
 
 
@@ -377,9 +379,12 @@ class IngestParser:
             data = self._outer
             self._outer = b""
             self._know_outer(data)
-        pieces = self._gunzip.pieces(data) if self._gunzip is not None else (data,)
-        for piece in pieces:
-            yield from self._deliver(piece)
+        if self._gunzip is not None:
+            for piece in self._gunzip.pieces(data):
+                yield from self._deliver(piece)
+        else:
+            for start in range(0, len(data), PIECE_BYTES):
+                yield from self._deliver(data[start : start + PIECE_BYTES])
 
     def finish(self) -> Iterator[Batch]:
         if not self._outer_known:  # fewer bytes than a gzip header

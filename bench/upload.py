@@ -136,33 +136,39 @@ def oversized(url: str, pid: int, chunked: bool, total: int = 300 << 20) -> dict
     head = f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
     head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {total}\r\n"
     block = b"{" + b" " * ((1 << 20) - 1)
-    status, sent = 0, 0
+    sent = 0
+    reply = bytearray()
+    answered = threading.Event()
+    answered_at: list[float] = []
+
+    def read(sock: socket.socket) -> None:
+        while b"\r\n\r\n" not in reply:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if not answered_at:
+                answered_at.append(time.perf_counter())
+            reply.extend(data)
+        answered.set()
+
     start = time.perf_counter()
     with socket.create_connection((host, int(port)), timeout=60) as sock:
+        reader = threading.Thread(target=read, args=(sock,), daemon=True)
+        reader.start()
         sock.sendall(head.encode() + b"\r\n")
-        sock.setblocking(False)
-        reply = b""
-        while sent < total and b"\r\n\r\n" not in reply:
+        while sent < total and not answered.is_set():
             data = (b"%x\r\n" % len(block) + block + b"\r\n") if chunked else block
             try:
                 sock.sendall(data)
-                sent += len(block)
-            except (BlockingIOError, OSError):
-                pass
-            try:
-                reply += sock.recv(65536)
-            except BlockingIOError:
-                continue
-            except OSError:
+            except OSError:  # the server answered and closed
                 break
-        sock.setblocking(True)
-        while b"\r\n\r\n" not in reply:
-            more = sock.recv(65536)
-            if not more:
-                break
-            reply += more
-        status = int(reply.split(b" ", 2)[1]) if reply else 0
-    seconds = time.perf_counter() - start
+            sent += len(block)
+        answered.wait(60)
+    status = int(bytes(reply).split(b" ", 2)[1]) if reply else 0
+    seconds = (answered_at[0] if answered_at else time.perf_counter()) - start
     peak = sampler.stop()
     return {
         "declared_bytes": None if chunked else total,

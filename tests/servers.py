@@ -346,6 +346,6 @@ def wait_for_model(api_url: str, key: str, model: str, timeout: float = 120) -> 
 
     def served() -> bool:
         r = httpx.get(f"{api_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
-        return any(m["id"] == model for m in r.json()["data"])
+        return any(m["id"] == model and m["workers"] > 0 for m in r.json()["data"])
 
     _wait(served, timeout, f"a worker serving {model}")

@@ -84,7 +84,9 @@ def test_end_to_end_reference_engine(stack: Stack) -> None:
     stack.worker()
     with stack.client() as c:
         models = c.get("/v1/models").json()
-        assert models["data"] == [{"id": "tiny", "object": "model", "workers": 1}]
+        assert models["data"] == [
+            {"id": "tiny", "object": "model", "workers": 1, "declared": False, "backlog": 0}
+        ]
     job_id, job = run_job(
         stack, N_ITEMS, {"counterfactual_fraction": FRACTION, "max_new_tokens": 12}
     )

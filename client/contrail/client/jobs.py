@@ -56,6 +56,7 @@ def _create_options(
     metadata: Mapping[str, str] | None,
     completion_window: str,
     idempotency_key: str | None,
+    template: str | None = None,
 ) -> RequestOptions:
     body = JobCreate.model_validate(
         {
@@ -79,6 +80,7 @@ def _create_options(
             ),
             "metadata": dict(metadata) if metadata is not None else None,
             "completion_window": completion_window,
+            "template": template,
         }
     )
     # One key for every attempt: a retried create after a lost answer returns the same job.
@@ -175,12 +177,15 @@ class Jobs:
         metadata: Mapping[str, str] | None = None,
         completion_window: str = "24h",
         idempotency_key: str | None = None,
+        template: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
         idempotency key is generated once and sent with every retry. After
-        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``."""
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``. ``template`` is a
+        prompt block template with {question}, {choices} and {answer} (docs/API.md), checked by
+        the server (422 naming the problem)."""
         options = _create_options(
             model=model,
             task=task,
@@ -191,6 +196,7 @@ class Jobs:
             metadata=metadata,
             completion_window=completion_window,
             idempotency_key=idempotency_key,
+            template=template,
         )
         response = self._client.request(options)
         return Job.model_validate_json(response.content)
@@ -342,12 +348,15 @@ class AsyncJobs:
         metadata: Mapping[str, str] | None = None,
         completion_window: str = "24h",
         idempotency_key: str | None = None,
+        template: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
         idempotency key is generated once and sent with every retry. After
-        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``."""
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``. ``template`` is a
+        prompt block template with {question}, {choices} and {answer} (docs/API.md), checked by
+        the server (422 naming the problem)."""
         options = _create_options(
             model=model,
             task=task,
@@ -358,6 +367,7 @@ class AsyncJobs:
             metadata=metadata,
             completion_window=completion_window,
             idempotency_key=idempotency_key,
+            template=template,
         )
         response = await self._client.request(options)
         return Job.model_validate_json(response.content)

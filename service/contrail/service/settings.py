@@ -20,8 +20,28 @@ class ApiSettings(CommonSettings):
         default=None,
         description="File of 'tenant sha256:<hex>' or 'tenant:key' lines ('#' comments).",
     )
-    max_upload_bytes: int = 1 << 30
-    max_line_bytes: int = 1 << 20
+    max_upload_bytes: int = Field(
+        default=1 << 30, ge=1, description="POST /v1/files: request body limit (413 above)."
+    )
+    max_request_bytes: int = Field(
+        default=4 << 20,
+        ge=1024,
+        description="Every other route's request body limit (413 above), enforced while the "
+        "body is read, before it is parsed or the caller authenticated.",
+    )
+    max_decompressed_bytes: int = Field(
+        default=4 << 30, ge=1, description="A gzip upload's decompressed size limit (413 above)."
+    )
+    max_line_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="One JSON line or JSON-array record of an upload (422 naming it above).",
+    )
+    upload_scratch_dir: Path | None = Field(
+        default=None,
+        description="Local folder for an upload's temporary files (its id index; a Parquet "
+        "upload's spooled copy); default: the system temporary folder.",
+    )
     max_error_details: int = 100
     max_queued_items: int = Field(
         default=1_000_000, description="Per tenant: items in non-terminal jobs (and per file)."
@@ -43,8 +63,19 @@ class ApiSettings(CommonSettings):
         description="Memory for the viewer's cache of parsed shards and Parquet columns.",
     )
     require_live_worker: bool = Field(
-        default=True, description="Reject jobs for models no live worker serves (422)."
+        default=True,
+        description="Reject jobs for models that no live worker serves and that are not "
+        "declared (422).",
     )
+    declared_models: str = Field(
+        default="",
+        description="Comma-separated model ids this deployment serves even while no worker is "
+        "live (workers scaled from zero): their jobs are accepted and wait in the queue.",
+    )
+
+    @property
+    def declared(self) -> frozenset[str]:
+        return frozenset(m.strip() for m in self.declared_models.split(",") if m.strip())
 
 
 @lru_cache

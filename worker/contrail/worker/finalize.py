@@ -150,6 +150,7 @@ def _manifest(
         task=job.task,
         model=job.model,
         decoding=job.decoding,
+        template=job.template,
         request_counts=RequestCounts(total=job.total, completed=job.completed, failed=job.failed),
         counts_by_tag=dict(sorted(by_tag.items())),
         usage=Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens),

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from contrail.client.types import (
+    Compression,
+    Container,
     DecodingSettings,
     Demonstration,
     FileObject,
@@ -78,7 +80,9 @@ def _ts(v: float | None) -> int | None:
 class JobRecord(_HashRecord):
     """Everything Redis knows about a job (`contrail:job:<id>`)."""
 
-    _json: ClassVar[frozenset[str]] = frozenset({"decoding", "demonstrations", "metadata"})
+    _json: ClassVar[frozenset[str]] = frozenset(
+        {"decoding", "demonstrations", "metadata", "template"}
+    )
 
     id: str
     tenant: str
@@ -87,6 +91,7 @@ class JobRecord(_HashRecord):
     model: str
     decoding: DecodingSettings
     demonstrations: list[Demonstration] | None = None
+    template: str | None = None  # the job's prompt block template (validated at creation)
     metadata: dict[str, str] | None = None
     input_file_id: str | None = None
     input_prefix: str  # shard i reads "<input_prefix><i:06d>.jsonl" from storage
@@ -131,6 +136,7 @@ class JobRecord(_HashRecord):
             task=self.task,
             model=self.model,
             decoding=self.decoding,
+            template=self.template,
             input_file_id=self.input_file_id,
             request_counts=RequestCounts(
                 total=self.total, completed=self.completed, failed=self.failed
@@ -164,6 +170,8 @@ class FileRecord(_HashRecord):
     items: int
     task: TaskName
     format: str
+    container: Container = "jsonl"
+    compression: Compression | None = None
     created_at: float
     parts: int
     part_size: int
@@ -202,5 +210,7 @@ class FileRecord(_HashRecord):
             lines=self.items,
             task=self.task,
             format=self.format,
+            container=self.container,
+            compression=self.compression,
             created_at=int(self.created_at),
         )

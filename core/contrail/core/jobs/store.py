@@ -5,7 +5,7 @@ calls (creation, cancellation, deletion) run through the same `Call`s the worker
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -134,6 +134,15 @@ class AsyncJobStore:
             if m is not None:
                 models[text(m)] = models.get(text(m), 0) + 1
         return models
+
+    async def backlogs(self, models: Iterable[str]) -> dict[str, int]:
+        """model -> messages in its stream: acknowledged messages are deleted, so this is what
+        waits or is being worked on (shards and finalizations), as XLEN tells an autoscaler."""
+        names = sorted(set(models))
+        pipe = self.r.pipeline(transaction=False)
+        for m in names:
+            pipe.xlen(keys.stream(m))
+        return {m: int(n) for m, n in zip(names, await pipe.execute(), strict=True)}
 
     async def stats(self) -> dict[str, str]:
         return decode_hash(await self.r.hgetall(keys.STATS))

@@ -8,6 +8,7 @@ import contextlib
 import gzip
 import io
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -196,12 +197,21 @@ def _raw_post(url: str, path: str, headers: dict[str, str], body: bytes) -> tupl
         with contextlib.suppress(OSError):  # the server may already have answered and closed
             sock.sendall(body)
         reply = b""
-        while b"\r\n\r\n" not in reply:
+        while not _complete(reply):
             data = sock.recv(65536)
             if not data:
                 break
             reply += data
     return int(reply.split(b" ", 2)[1]), reply
+
+
+def _complete(reply: bytes) -> bool:
+    """Headers and the whole body by Content-Length: the body may come in a later packet."""
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return match is None or len(body) >= int(match.group(1))
 
 
 def test_request_size_limits_before_parsing_and_auth(istack: Stack) -> None:

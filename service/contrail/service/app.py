@@ -26,8 +26,9 @@ from contrail.client.types import ErrorDetail, ErrorResponse
 from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
 from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, StorageUnavailable
+from contrail.service.auth import ApiKeys
 from contrail.service.errors import ApiError, error_body
-from contrail.service.metrics import API_ERRORS
+from contrail.service.metrics import API_ERRORS, KEY_RELOAD_ERRORS
 from contrail.service.routers import files, health, jobs, models, ui
 from contrail.service.settings import ApiSettings, get_settings
 
@@ -99,6 +100,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
+        # Bad keys (too short, a tenant name with ':') stop the start-up with the reason.
+        app.state.keys = ApiKeys(s.api_keys, s.api_keys_file, on_reload_error=KEY_RELOAD_ERRORS.inc)
         # A connection broken by a Redis restart is retried (briefly) before answering 503.
         app.state.redis = Redis.from_url(
             s.redis_url,
@@ -109,7 +112,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         app.state.store = AsyncJobStore(app.state.redis)
-        app.state.storage = Storage(s.storage_url, request_timeout_s=s.storage_timeout_s)
+        app.state.storage = Storage(
+            s.storage_url,
+            request_timeout_s=s.storage_timeout_s,
+            public_url=s.storage_public_url,
+        )
         reconciler = start_reconciler(s)
         try:
             yield

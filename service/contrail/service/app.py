@@ -34,6 +34,12 @@ from contrail.service.settings import ApiSettings, get_settings
 
 log = logging.getLogger("contrail.service")
 
+AUTH_ERRORS = {
+    "401": "Missing or invalid credentials",
+    "429": "Rate limited: too many failed authentications from this address, or the "
+    "tenant's request rate",
+}
+
 
 def _answer(
     status: int,
@@ -67,6 +73,12 @@ def _document_errors(app: FastAPI) -> None:
                 resp = op.get("responses", {}).get("422")
                 if resp is not None:
                     resp["content"] = {"application/json": {"schema": ref}}
+                if op.get("security"):  # any authenticated route: 401, and 429 when throttled
+                    for code, what in AUTH_ERRORS.items():
+                        op["responses"].setdefault(
+                            code,
+                            {"description": what, "content": {"application/json": {"schema": ref}}},
+                        )
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
         comps.pop("HTTPValidationError", None)
         comps.pop("ValidationError", None)

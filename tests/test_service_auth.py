@@ -179,3 +179,30 @@ def test_metrics_have_no_tenant_data_and_never_scan(stack: Stack) -> None:
     assert 'contrail_workers{model="tiny"} 1.0' in text
     for private in ("alpha", "beta", file_id, *job_ids):
         assert private not in text, f"{private!r} appears in /metrics"
+
+
+# ------------------------------------------------------------------------------ concurrency
+
+
+async def _burst(url: str, path: str, n: int) -> list[int]:
+    import asyncio
+
+    limits = httpx.Limits(max_connections=n)
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as c:
+        answers = await asyncio.gather(*(c.get(path) for _ in range(n)))
+    return [a.status_code for a in answers]
+
+
+def test_many_concurrent_requests_wait_for_a_redis_connection(make_stack: Any) -> None:
+    """More requests in flight than Redis connections: they queue for one, none answers 503
+    (found by bench/load.py: redis-py's default pool fails past 100 concurrent commands)."""
+    import asyncio
+
+    stack: Stack = make_stack(CONTRAIL_REDIS_MAX_CONNECTIONS="4")
+    announce_worker(stack, "tiny")
+    with stack.client(KEY_A) as a:
+        job_id = a.post("/v1/jobs", json={"items": [ITEM], "model": "tiny"}).json()["id"]
+    for path in ("/v1/jobs", f"/v1/jobs/{job_id}"):
+        statuses = asyncio.run(_burst(stack.url, path, 200))
+        assert set(statuses) == {200}, sorted(set(statuses))

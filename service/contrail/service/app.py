@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from obstore.exceptions import GenericError
 from redis import Redis as SyncRedis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -115,14 +115,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         # Bad keys (too short, a tenant name with ':') stop the start-up with the reason.
         app.state.keys = ApiKeys(s.api_keys, s.api_keys_file, on_reload_error=KEY_RELOAD_ERRORS.inc)
         # A connection broken by a Redis restart is retried (briefly) before answering 503.
-        app.state.redis = Redis.from_url(
+        # A bounded pool that makes a request wait for a free connection: redis-py's default
+        # pool answers "Too many connections" (a 503 here) past 100 concurrent commands.
+        pool = BlockingConnectionPool.from_url(
             s.redis_url,
+            max_connections=s.redis_max_connections,
+            timeout=10,
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=15,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        app.state.redis = Redis.from_pool(pool)
         app.state.store = AsyncJobStore(app.state.redis)
         app.state.storage = Storage(
             s.storage_url,

@@ -61,6 +61,12 @@ class ApiSettings(CommonSettings):
         ge=0,
         description="Memory for the viewer's cache of parsed shards and Parquet columns.",
     )
+    redis_max_connections: int = Field(
+        default=100,
+        ge=1,
+        description="Redis connections per API process; a request waits (up to 10 s) for a "
+        "free one instead of failing.",
+    )
     require_live_worker: bool = Field(
         default=True, description="Reject jobs for models no live worker serves (422)."
     )

@@ -328,6 +328,7 @@ def main() -> int:
             wall = time.monotonic() - wall
             cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             rss = sampler.stop()
+            api_log = (tmp / "state" / "logs" / "api.log").read_text(errors="replace")
         finally:
             up.send_signal(signal.SIGTERM)
             try:
@@ -365,6 +366,11 @@ def main() -> int:
         "api_rss": rss,
         **figures(hits, big_result),
     }
+    if result["server_errors_5xx"]:
+        # what the API logged about them (the state folder is gone after the run)
+        result["api_log_warnings"] = [
+            line for line in api_log.splitlines() if "unavailable" in line or "rror" in line
+        ][:20]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

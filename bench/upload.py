@@ -1,8 +1,14 @@
-"""Upload benchmark: validation rate of a 100k-line file and the API's memory on a 1M-line upload.
+"""Upload benchmark: validation rate, the API's memory and other tenants' latency during a
+1M-line upload, and what an oversized unauthenticated request costs.
 
-Starts a real Valkey and the real API (uvicorn, local-disk storage), uploads generated generic
-JSONL through HTTP as a stream, and samples the API process's RSS every 20 ms while the 1M-line
-file goes up. Writes docs/bench/upload.json.
+Starts a real Valkey and the real API (uvicorn, local-disk storage) and measures:
+- validation: a 100k-line generic JSONL file uploaded through HTTP as a stream (median of
+  `--reps`), and the same items as one JSON array, gzip-compressed JSON lines and Parquet;
+- big_upload: the API process's RSS, sampled every 20 ms, while a 1M-line file goes up, and the
+  latency of other requests (GET /v1/models, every 20 ms from another client) meanwhile;
+- oversized: an unauthenticated POST /v1/jobs declaring 300 MB (and one sending 300 MB chunked,
+  without Content-Length): seconds until the answer and the API's RSS growth.
+Writes docs/bench/upload.json.
 
     python bench/upload.py [--lines 100000] [--big-lines 1000000] [--reps 3]
 """
@@ -10,9 +16,11 @@ file goes up. Writes docs/bench/upload.json.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
+import socket
 import statistics
 import sys
 import tempfile
@@ -23,6 +31,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -31,7 +41,7 @@ from provenance import git_sha  # noqa: E402
 
 from tests.servers import ApiServer, valkey  # noqa: E402
 
-KEY = "bench-key"
+KEY = "bench-key-0123456789"
 
 
 def write_items(path: Path, lines: int) -> int:
@@ -54,6 +64,18 @@ def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
+def write_variants(jsonl: Path) -> dict[str, Path]:
+    """The same items as a JSON array, gzip-compressed JSON lines and Parquet."""
+    rows = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    array = jsonl.with_suffix(".json")
+    array.write_text(json.dumps(rows), encoding="utf-8")
+    gz = jsonl.with_name(jsonl.name + ".gz")
+    gz.write_bytes(gzip.compress(jsonl.read_bytes(), compresslevel=6))
+    parquet = jsonl.with_suffix(".parquet")
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    return {"json_array": array, "jsonl_gzip": gz, "parquet": parquet}
+
+
 def upload(url: str, path: Path) -> tuple[float, dict[str, object]]:
     start = time.perf_counter()
     response = httpx.post(
@@ -70,6 +92,91 @@ def upload(url: str, path: Path) -> tuple[float, dict[str, object]]:
     elapsed = time.perf_counter() - start
     response.raise_for_status()
     return elapsed, response.json()
+
+
+class LatencyProbe(threading.Thread):
+    """Another tenant's requests (GET /v1/models) every `interval` s, timed, until stopped."""
+
+    def __init__(self, url: str, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.interval = interval
+        self.seconds: list[float] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as c:
+            while not self._stop_event.is_set():
+                t0 = time.perf_counter()
+                c.get(f"{self.url}/v1/models").raise_for_status()
+                self.seconds.append(time.perf_counter() - t0)
+                time.sleep(self.interval)
+
+    def stop(self) -> dict[str, float | int]:
+        self._stop_event.set()
+        self.join()
+        ms = sorted(s * 1000 for s in self.seconds)
+        if not ms:
+            return {"requests": 0}
+        return {
+            "requests": len(ms),
+            "p50_ms": round(ms[len(ms) // 2], 1),
+            "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1),
+            "max_ms": round(ms[-1], 1),
+        }
+
+
+def oversized(url: str, pid: int, chunked: bool, total: int = 300 << 20) -> dict[str, object]:
+    """An unauthenticated POST /v1/jobs of `total` bytes: the answer's status and delay, and
+    the API's peak RSS growth meanwhile. Sends until the server answers or closes."""
+    sampler = RssSampler(pid)
+    before = sampler.rss()
+    sampler.start()
+    host, port = url.removeprefix("http://").split(":")
+    head = f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {total}\r\n"
+    block = b"{" + b" " * ((1 << 20) - 1)
+    sent = 0
+    reply = bytearray()
+    answered = threading.Event()
+    answered_at: list[float] = []
+
+    def read(sock: socket.socket) -> None:
+        while b"\r\n\r\n" not in reply:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if not answered_at:
+                answered_at.append(time.perf_counter())
+            reply.extend(data)
+        answered.set()
+
+    start = time.perf_counter()
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        reader = threading.Thread(target=read, args=(sock,), daemon=True)
+        reader.start()
+        sock.sendall(head.encode() + b"\r\n")
+        while sent < total and not answered.is_set():
+            data = (b"%x\r\n" % len(block) + block + b"\r\n") if chunked else block
+            try:
+                sock.sendall(data)
+            except OSError:  # the server answered and closed
+                break
+            sent += len(block)
+        answered.wait(60)
+    status = int(bytes(reply).split(b" ", 2)[1]) if reply else 0
+    seconds = (answered_at[0] if answered_at else time.perf_counter()) - start
+    peak = sampler.stop()
+    return {
+        "declared_bytes": None if chunked else total,
+        "status": status,
+        "seconds_to_answer": round(seconds, 3),
+        "body_bytes_sent_before_answer": sent,
+        "api_rss_growth_mb": round((peak - before) / 2**20, 1),
+    }
 
 
 class RssSampler(threading.Thread):
@@ -126,13 +233,28 @@ def main() -> int:
                 seconds, info = upload(api.url, small)
                 assert info["lines"] == args.lines, info
                 rates.append(args.lines / seconds)
+            containers: dict[str, object] = {}
+            for name, path in write_variants(small).items():
+                seconds, info = upload(api.url, path)
+                assert info["lines"] == args.lines, info
+                containers[name] = {
+                    "bytes": path.stat().st_size,
+                    "items_per_s": round(args.lines / seconds, 1),
+                }
             assert api.proc is not None
             sampler = RssSampler(api.proc.pid)
             baseline = sampler.rss()
+            probe = LatencyProbe(api.url)
             sampler.start()
+            probe.start()
             big_seconds, big_info = upload(api.url, big)
+            latency = probe.stop()
             peak = sampler.stop()
             assert big_info["lines"] == args.big_lines, big_info
+            limits = {
+                "declared_300mb": oversized(api.url, api.proc.pid, chunked=False),
+                "chunked_300mb": oversized(api.url, api.proc.pid, chunked=True),
+            }
         finally:
             api.stop()
 
@@ -150,6 +272,7 @@ def main() -> int:
             "bytes": small_bytes,
             "items_per_s": [round(r, 1) for r in rates],
             "median_items_per_s": round(statistics.median(rates), 1),
+            "containers": containers,
         },
         "big_upload": {
             "lines": args.big_lines,
@@ -159,7 +282,9 @@ def main() -> int:
             "api_rss_before_mb": round(baseline / 2**20, 1),
             "api_rss_peak_mb": round(peak / 2**20, 1),
             "api_rss_growth_mb": round((peak - baseline) / 2**20, 1),
+            "other_requests_meanwhile": latency,
         },
+        "oversized_unauthenticated": limits,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

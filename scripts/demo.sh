@@ -5,15 +5,14 @@
 # few rationales, then stop everything (nothing is left running, also on Ctrl-C or an error).
 #
 #   scripts/demo.sh                    # after scripts/setup.sh
-# Environment: CONTRAIL_DEMO_DATA (StrategyQA JSON, default examples/strategyqa-dev-20.json),
-# CONTRAIL_DEMO_ITEMS (20), CONTRAIL_DEMO_PORT (8000), CONTRAIL_DEMO_STATE (.contrail/demo),
+# Environment: CONTRAIL_DEMO_DATA (StrategyQA's JSON array, submitted as it is; default
+# examples/strategyqa-dev-20.json), CONTRAIL_DEMO_PORT (8000), CONTRAIL_DEMO_STATE (.contrail/demo),
 # CONTRAIL_DEMO_MODEL (smollm2-135m), CONTRAIL_DEMO_ENGINE (vllm if installed, else reference),
 # CONTRAIL_DEMO_KEEP (auto: in a terminal, keep the stack up for the viewer until Enter; 1; 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${VENV_BIN:-.venv/bin}
 DATA=${CONTRAIL_DEMO_DATA:-examples/strategyqa-dev-20.json}
-N=${CONTRAIL_DEMO_ITEMS:-20}
 PORT=${CONTRAIL_DEMO_PORT:-8000}
 STATE=${CONTRAIL_DEMO_STATE:-.contrail/demo}
 MODEL=${CONTRAIL_DEMO_MODEL:-smollm2-135m}
@@ -22,13 +21,6 @@ ENGINE_ARGS=()
 
 [ -f "$DATA" ] || { echo "demo: no StrategyQA data at $DATA (set CONTRAIL_DEMO_DATA)" >&2; exit 2; }
 mkdir -p "$STATE"
-ITEMS="$STATE/strategyqa-$N.jsonl"
-# StrategyQA ships a JSON array; the API takes one record per line.
-"$BIN/python" -c '
-import json, sys
-for row in json.load(open(sys.argv[1]))[: int(sys.argv[2])]:
-    print(json.dumps(row))
-' "$DATA" "$N" > "$ITEMS"
 
 rm -f "$STATE/up.json"
 "$BIN/contrail" up --port "$PORT" --state-dir "$STATE" --model "$MODEL" "${ENGINE_ARGS[@]}" &
@@ -58,7 +50,7 @@ VIEWER="$CONTRAIL_BASE_URL/ui/"
 echo "demo: watch the job arrive in the viewer: $VIEWER (sign in with the API key $CONTRAIL_API_KEY)" >&2
 
 JOB_JSON="$STATE/last-job.json"
-"$BIN/contrail" submit "$ITEMS" --task strategyqa --model "$MODEL" \
+"$BIN/contrail" submit "$DATA" --task strategyqa --model "$MODEL" \
   --mode contrastive --perturbation wrong --lambda 0.5 --counterfactual-fraction 0.5 \
   --max-new-tokens 64 --wait --json > "$JOB_JSON"
 JOB=$("$BIN/python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["id"])' "$JOB_JSON")

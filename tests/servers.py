@@ -3,11 +3,18 @@ workers, each a subprocess on free loopback ports in a temporary folder, stopped
 
 Usable as context managers from any script (bench/ uses them too) or through the pytest fixtures
 in tests/service_fixtures.py.
+
+Every server is started by `spawn`: in its own session (its process group is its pid, so it is
+stopped with anything it started), killed by Linux when the process that started it dies
+(PR_SET_PDEATHSIG: a killed pytest leaves no servers behind), and, when $CONTRAIL_TEST_PIDDIR is
+set (.ci/run sets it), recorded there as "<pid> <start time>" until it is stopped, so the CI's
+cleanup (tests/reap.py) stops exactly these processes and nothing else on the machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import shutil
@@ -23,14 +30,57 @@ from typing import Any
 
 import httpx
 
+from tests.reap import start_time
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
+PIDDIR_ENV = "CONTRAIL_TEST_PIDDIR"
+PR_SET_PDEATHSIG = 1
+# Loaded before any fork: the child only makes a foreign call between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with(parent: int) -> Any:
+    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
+        if _LIBC is not None:
+            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return preexec
+
+
+_PIDFILES: dict[int, Path] = {}
+
+
+def spawn(
+    args: Sequence[str], *, piddir: Path | None = None, **popen: Any
+) -> subprocess.Popen[Any]:
+    """Start a server process tied to this one (see the module docstring). Call it from a
+    thread that outlives the server: Linux sends the parent-death signal when the thread that
+    started the child ends."""
+    proc: subprocess.Popen[Any] = subprocess.Popen(
+        list(args), start_new_session=True, preexec_fn=_die_with(os.getpid()), **popen
+    )
+    folder = piddir or (Path(os.environ[PIDDIR_ENV]) if os.environ.get(PIDDIR_ENV) else None)
+    if folder is not None:
+        pidfile = folder / str(proc.pid)
+        pidfile.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
+        _PIDFILES[proc.pid] = pidfile
+    return proc
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def forget(proc: subprocess.Popen[Any]) -> None:
+    """Drop the pid file of a process that has been reaped."""
+    pidfile = _PIDFILES.pop(proc.pid, None)
+    if pidfile is not None:
+        pidfile.unlink(missing_ok=True)
 
 
 def _wait(
@@ -50,15 +100,31 @@ def _wait(
     raise TimeoutError(f"{what} not ready after {timeout} s (last error: {last})")
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
-    if proc is None or proc.poll() is not None:
+def _signal_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
+    """Signal the process and anything it started (its group). Only while the process is not
+    reaped: until then its pid, hence its group id, cannot name another process."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
+    if proc is None:
         return
-    proc.send_signal(signal.SIGTERM)
+    _signal_group(proc, signal.SIGTERM)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        _signal_group(proc, signal.SIGKILL)
         proc.wait(5)
+    forget(proc)
+
+
+def _kill(proc: subprocess.Popen[Any] | None) -> None:
+    assert proc is not None
+    _signal_group(proc, signal.SIGKILL)
+    proc.wait(10)
+    forget(proc)
 
 
 # ----------------------------------------------------------------------------- Valkey
@@ -105,7 +171,7 @@ class Valkey:
             else ["--appendonly", "no"]
         )
         log = (self.dir / "valkey.log").open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = spawn(args, stdout=log, stderr=subprocess.STDOUT)
 
         def ping() -> bool:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
@@ -116,13 +182,11 @@ class Valkey:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def kill9(self) -> None:
         """Crash it: no shutdown, no final AOF rewrite or flush beyond what fsync already did."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
+        _kill(self.proc)
 
     def restart(self, down_s: float = 0.0, *, crash: bool = False) -> None:
         self.kill9() if crash else self.stop()
@@ -197,9 +261,7 @@ class SeaweedS3:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["S3_BUCKET"] = self.bucket
         log = (self.dir / "weed.log").open("ab")
-        self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
-        )
+        self.proc = spawn(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
 
         def bucket_ready() -> bool:
             r = httpx.get(f"{self.endpoint}/{self.bucket}?list-type=2", timeout=2)
@@ -209,7 +271,7 @@ class SeaweedS3:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc, timeout=15)
+        stop_process(self.proc, timeout=15)
         for sock in glob.glob("/tmp/seaweedfs-*.sock"):
             with contextlib.suppress(OSError):
                 if self.proc is not None and str(self.proc.pid) in sock:
@@ -251,7 +313,7 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         log = (self.log_dir / f"api-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [
                 PY,
                 "-m",
@@ -278,12 +340,10 @@ class ApiServer:
         return self
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
+        _kill(self.proc)
 
 
 class WorkerProc:
@@ -310,7 +370,7 @@ class WorkerProc:
             args.append("--burst")
         n = len(list(self.log_dir.glob("worker-*.log")))
         self.log_path = self.log_dir / f"worker-{n}.log"
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             args,
             env=_child_env(self.env),
             stdout=self.log_path.open("ab"),
@@ -325,12 +385,10 @@ class WorkerProc:
         return self.proc.pid
 
     def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
+        _kill(self.proc)
 
     def stop(self, timeout: float = 30) -> int | None:
-        _stop(self.proc, timeout)
+        stop_process(self.proc, timeout)
         return None if self.proc is None else self.proc.returncode
 
     def wait(self, timeout: float) -> int:
@@ -346,6 +404,6 @@ def wait_for_model(api_url: str, key: str, model: str, timeout: float = 120) -> 
 
     def served() -> bool:
         r = httpx.get(f"{api_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
-        return any(m["id"] == model for m in r.json()["data"])
+        return any(m["id"] == model and m["workers"] > 0 for m in r.json()["data"])
 
     _wait(served, timeout, f"a worker serving {model}")

@@ -20,6 +20,7 @@ from tests.servers import ApiServer, SeaweedS3, Valkey, WorkerProc, seaweed, wai
 
 KEY_A = "sk-alpha-test-key"
 KEY_B = "sk-beta-test-key"
+METRICS_TOKEN = "metrics-test-token"
 MODEL = "tiny"
 
 
@@ -38,6 +39,7 @@ class Stack:
             "CONTRAIL_REDIS_URL": valkey.url,
             "CONTRAIL_STORAGE_URL": s3.url(self.prefix),
             "CONTRAIL_API_KEYS": f"alpha:{KEY_A},beta:{KEY_B}",
+            "CONTRAIL_METRICS_TOKEN": METRICS_TOKEN,
             "CONTRAIL_MODEL": MODEL,
             "CONTRAIL_ENGINE": "reference",
             "CONTRAIL_MODEL_CACHE_DIR": str(model_cache),

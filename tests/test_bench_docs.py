@@ -29,9 +29,9 @@ NUMBER = re.compile(
     r"(?<![\w.\-])(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?)(?P<unit>%|k|M)?(?![\w])"
 )
 COMPARISON = re.compile(r"(?:>=|<=|(?<!-)>|<|≥|≤)\s*\+?$")  # "->" is an arrow, not a target
-# Results made before the benchmark scripts recorded their commit (bench/provenance.py). They are
-# the service-side figures, re-measured once the job lifecycle rewrite lands.
-PREDATES_PROVENANCE = frozenset({"upload.json", "service_overhead_reference.json"})
+# Results made before the benchmark scripts recorded their commit (bench/provenance.py): the
+# service-overhead figures, re-measured once the job lifecycle rewrite lands.
+PREDATES_PROVENANCE = frozenset({"service_overhead_reference.json"})
 
 
 def performance_docs() -> dict[str, str]:

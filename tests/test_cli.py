@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.servers import free_port
+from tests.servers import free_port, spawn, stop_process
 from tests.service_fixtures import KEY_A, Stack, items_jsonl
 
 CLI = [sys.executable, "-m", "contrail.client.cli"]
@@ -237,7 +237,7 @@ def test_up_runs_the_stack_and_stops_cleanly(
 ) -> None:
     state = tmp_path / "state"
     port = free_port()
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             *CLI, "up", "--model", "tiny", "--engine", "reference", "--port", str(port),
             "--state-dir", str(state), "--cache-dir", str(service_model_cache),
@@ -272,9 +272,7 @@ def test_up_runs_the_stack_and_stops_cleanly(
         proc.send_signal(stop_signal)
         _, err = proc.communicate(timeout=90)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     assert proc.returncode == 0, err
     assert "stopped" in err
     assert not (state / "up.json").exists()

@@ -15,6 +15,12 @@ DOCKERFILE = (REPO / "Dockerfile").read_text()
 COMPOSE = (REPO / "docker-compose.yml").read_text()
 
 
+COMPOSE_BIN_CODE = (
+    "import importlib.util, pathlib; s = importlib.util.find_spec('compose'); "
+    "print(pathlib.Path(s.origin).parent / 'docker-compose')"
+)
+
+
 def _tools_present() -> bool:
     bin_dir = REPO / ".venv" / "bin"
     return all((bin_dir / t).exists() for t in ("hadolint", "check-jsonschema", "docker-compose"))
@@ -83,13 +89,102 @@ def test_broken_compose_fails(tmp_path: Path, old: str, new: str, expect: str) -
 def test_compose_without_healthcheck_fails(tmp_path: Path) -> None:
     text = broken(
         COMPOSE,
-        '    healthcheck:\n      test: ["CMD", "redis-cli", "ping"]\n      interval: 5s\n'
-        "      timeout: 3s\n      retries: 10\n",
+        '    healthcheck:\n      test: ["CMD-SHELL", "redis-cli ping | grep -q PONG"]\n'
+        "      interval: 5s\n      timeout: 3s\n      retries: 10\n",
         "",
     )
     result = run_check(tmp_path, compose=text)
     assert result.returncode != 0
     assert "service redis: no healthcheck" in result.stderr
+
+
+REQUIRED_KEYS = "${CONTRAIL_API_KEYS:?set CONTRAIL_API_KEYS (see the top of docker-compose.yml)}"
+REQUIRED_S3_SECRET = "${S3_SECRET_KEY:?set S3_SECRET_KEY (see the top of docker-compose.yml)}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expect"),
+    [
+        # the old default API key
+        (REQUIRED_KEYS, "${CONTRAIL_API_KEYS:-local:change-me}", "CONTRAIL_API_KEYS has a default"),
+        # a hard-coded S3 secret
+        (REQUIRED_S3_SECRET, "contrail-secret", "AWS_SECRET_ACCESS_KEY is hard-coded"),
+        # Redis without a password
+        (
+            "      requirepass ${REDIS_PASSWORD:?set REDIS_PASSWORD (see the top of "
+            "docker-compose.yml)}\n",
+            "",
+            "service redis: Redis without a password",
+        ),
+        # the services reach Redis without the password
+        ("redis://:${REDIS_PASSWORD:?", "redis://${REDIS_PASSWORD:?", "carries no password"),
+        # the API published on every interface
+        (
+            '"${CONTRAIL_BIND:-127.0.0.1}:${CONTRAIL_PORT:-8000}:8000"',
+            '"${CONTRAIL_PORT:-8000}:8000"',
+            "service api: port 8000 is published on every interface",
+        ),
+        # presigned links to the in-network S3 host
+        (
+            "      CONTRAIL_STORAGE_PUBLIC_URL: ${CONTRAIL_STORAGE_PUBLIC_URL:-http://127.0.0.1:"
+            "${S3_PORT:-8333}}\n",
+            "",
+            "no CONTRAIL_STORAGE_PUBLIC_URL",
+        ),
+    ],
+    ids=[
+        "default-api-key",
+        "hard-coded-s3-secret",
+        "redis-no-password",
+        "redis-url-no-password",
+        "api-on-all-interfaces",
+        "no-public-s3-url",
+    ],
+)
+def test_insecure_compose_fails(tmp_path: Path, old: str, new: str, expect: str) -> None:
+    result = run_check(tmp_path, compose=broken(COMPOSE, old, new))
+    assert result.returncode != 0, result.stdout
+    assert expect in result.stdout + result.stderr
+
+
+def test_compose_refuses_to_render_without_its_secrets(tmp_path: Path) -> None:
+    """`docker compose up` fails before starting anything while a secret is unset."""
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE)
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "python"), "-c", COMPOSE_BIN_CODE],
+        capture_output=True,
+        text=True,
+    )
+    binary = result.stdout.strip()
+    secrets = {
+        "CONTRAIL_API_KEYS": "alpha:sk-alpha-0123456789",
+        "REDIS_PASSWORD": "0123456789abcdef",
+        "S3_ACCESS_KEY": "access0123",
+        "S3_SECRET_KEY": "secret0123456789",
+    }
+    for missing in secrets:
+        env = {"PATH": "/usr/bin:/bin", **{k: v for k, v in secrets.items() if k != missing}}
+        refused = subprocess.run(
+            [binary, "--env-file", "/dev/null", "-f", str(tmp_path / "docker-compose.yml"),
+             "--profile", "*", "config", "-q"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        assert refused.returncode != 0, missing
+        assert f"required variable {missing} is missing a value" in refused.stderr
+    every = subprocess.run(
+        [binary, "--env-file", "/dev/null", "-f", str(tmp_path / "docker-compose.yml"),
+         "--profile", "*", "config", "--format", "json"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **secrets}, timeout=60,
+    )  # fmt: skip
+    assert every.returncode == 0, every.stderr
+    assert "change-me" not in every.stdout
+
+
+def test_secret_in_dockerfile_fails(tmp_path: Path) -> None:
+    text = broken(DOCKERFILE, "WORKDIR /app", "ENV CONTRAIL_API_KEYS=local:change-me\nWORKDIR /app")
+    result = run_check(tmp_path, dockerfile=text)
+    assert result.returncode != 0
+    assert "DL3064" in result.stdout  # hadolint: sensitive data in ENV
 
 
 @pytest.mark.parametrize(

@@ -378,6 +378,47 @@ def test_comparison_table_and_chart(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_eval_rows_are_labelled_by_the_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from contrail.worker.evaluation import run_eval
+
+    contrastive = [make_record(f"s{i}", "Because.", tag=Tag.FACTUAL) for i in range(3)]
+    contrastive.append(make_record("s0", "Because not.", tag=Tag.COUNTERFACTUAL, answer="no"))
+    greedy = [
+        make_record(f"c{i}", "So it is.", task=TaskName.CREAK, answer="true", contrast=None)
+        for i in range(2)
+    ]
+    for r in greedy:
+        r.decoding.mode, r.decoding.perturbation = DecodingMode.GREEDY, None
+    files = []
+    for name, records in (("run-1", contrastive), ("run-2", greedy), ("run-3", greedy)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(r.model_dump_json(by_alias=True) + "\n" for r in records))
+        files.append(path)
+    (tmp_path / "empty.jsonl").write_text("")
+    files.append(tmp_path / "empty.jsonl")
+    args = argparse.Namespace(
+        datasets=files,
+        no_las=True,
+        simulator=None,
+        calibration="batch",
+        bootstrap=10,
+        seed=0,
+        json=None,
+        report_dir=None,
+    )
+    assert run_eval(args) == 0
+    table = capsys.readouterr().out
+    assert "| strategyqa | contrastive-wrong · factual+counterfactual | 4 |" in table
+    # two files with the same task and mode keep their file names apart
+    assert "| creak | greedy · factual (run-2) | 2 |" in table
+    assert "| creak | greedy · factual (run-3) | 2 |" in table
+    assert "|  | empty | 0 |" in table  # no records: the file name is all there is
+
+
 # ---------------------------------------------------------------------------------------------
 # The real simulator on the tiny model
 # ---------------------------------------------------------------------------------------------

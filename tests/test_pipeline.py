@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from contrail.client.types import (
     DecodingMode,
     DecodingSettings,
+    ErrorCode,
     FinishReason,
     Item,
     ItemError,
@@ -28,6 +31,7 @@ from contrail.core.tasks.perturb import (
     pick_wrong_answer,
 )
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine, EngineStats
+from contrail.worker.item_errors import MESSAGES
 from contrail.worker.pipeline import (
     error_code,
     generate,
@@ -309,9 +313,65 @@ def test_failed_results_become_item_errors() -> None:
     assert [type(o) for o in out] == [ItemError, RationaleRecord, ItemError]
     failed = out[2]
     assert isinstance(failed, ItemError)
-    assert (failed.item_id, failed.code) == ("too-long", "prompt_too_long")
-    assert "factual rationale: prompt_too_long" in failed.message
+    assert (failed.item_id, failed.code, failed.tag) == ("too-long", "prompt_too_long", Tag.FACTUAL)
+    assert failed.message == MESSAGES["prompt_too_long"]
+    assert "5000" not in failed.message  # the engine's detail is for the worker log
     assert [len(b) for b in engine.batches] == [1, 1]
+
+
+# ---------------------------------------------------------------- what tenants read
+
+
+def test_error_codes_and_messages_are_a_fixed_catalogue() -> None:
+    assert set(MESSAGES) <= set(get_args(ErrorCode))
+    bare = plan([BARE], TaskName.GENERIC, _settings(), "m").errors[0]
+    assert (bare.code, bare.field, bare.message) == (
+        "invalid_item",
+        "wrong_answers",
+        MESSAGES["invalid_item"],
+    )
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        "engine_error: RuntimeError: CUDA error: an illegal memory access was encountered at "
+        "/opt/venv/lib/python3.11/site-packages/vllm/worker.py:412",
+        'Traceback (most recent call last):\n  File "/srv/contrail/worker.py", line 3',
+        None,
+    ],
+    ids=["exception-text", "traceback", "no-detail"],
+)
+def test_engine_details_never_reach_the_tenant(
+    detail: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = plan([MC], TaskName.CSQA, _settings(), "m")
+    failed = [
+        DecodeResult(p.request.request_id, [], "", FinishReason.ERROR, error=detail)
+        for p in job.requests
+    ]
+    with caplog.at_level(logging.WARNING, logger="contrail.worker"):
+        out = to_records(job, failed)
+    assert [(o.code, o.message) for o in out if isinstance(o, ItemError)] == [
+        ("engine_error", MESSAGES["engine_error"])
+    ] * len(job.requests)
+    if detail is not None:  # the operator still sees it
+        assert detail.splitlines()[0] in caplog.text
+
+
+def test_real_engine_errors_reach_the_tenant_as_catalogue_messages(
+    tiny_model_path: Path,
+) -> None:
+    from contrail.worker.engine.reference import ReferenceEngine
+    from contrail.worker.models import ModelSpec
+
+    engine = ReferenceEngine(ModelSpec("tiny", tiny_model_path), max_model_len=64)
+    long_item = Item(id="long", question="Why? " * 60, answer="a", choices=["a", "b"])
+    out = list(generate(engine, [long_item], TaskName.CSQA, _settings(max_new_tokens=4)))
+    assert {(o.code, o.message) for o in out if isinstance(o, ItemError)} == {
+        ("prompt_too_long", MESSAGES["prompt_too_long"])
+    }
+    assert "max_model_len" not in "".join(o.message for o in out if isinstance(o, ItemError))
 
 
 def test_error_codes_from_engine_messages() -> None:

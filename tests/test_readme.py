@@ -18,6 +18,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.servers import spawn, stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,11 +56,21 @@ def test_readme_first_command_runs_the_local_stack_and_stops_it(tmp_path: Path) 
     run = _readme_commands()[0].split("&&", 1)[1].strip()
     state = tmp_path / "demo"
     env = {**os.environ, "CONTRAIL_DEMO_STATE": str(state), "CONTRAIL_DEMO_PORT": str(_free_port())}
-    proc = subprocess.run(
-        shlex.split(run), cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500
+    # spawned like the suite's servers: tied to this process and recorded for .ci/run's cleanup
+    proc = spawn(
+        shlex.split(run),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
-    assert "== a few rationales" in proc.stdout
+    try:
+        stdout, stderr = proc.communicate(timeout=1500)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 0, (stdout[-2000:], stderr[-3000:])
+    assert "== a few rationales" in stdout
     parquet = list(state.glob("*.parquet"))
     assert parquet, "the demo should save the dataset"
     table = pq.read_table(parquet[0]).to_pylist()

@@ -12,7 +12,7 @@ import pytest
 
 from contrail.client.types import Manifest
 from contrail.core.tasks.perturb import is_counterfactual
-from tests.service_fixtures import Stack, items_jsonl, read_jsonl
+from tests.service_fixtures import METRICS_TOKEN, Stack, items_jsonl, read_jsonl
 
 N_ITEMS = 40
 FRACTION = 0.5
@@ -84,7 +84,9 @@ def test_end_to_end_reference_engine(stack: Stack) -> None:
     stack.worker()
     with stack.client() as c:
         models = c.get("/v1/models").json()
-        assert models["data"] == [{"id": "tiny", "object": "model", "workers": 1}]
+        assert models["data"] == [
+            {"id": "tiny", "object": "model", "workers": 1, "declared": False, "backlog": 0}
+        ]
     job_id, job = run_job(
         stack, N_ITEMS, {"counterfactual_fraction": FRACTION, "max_new_tokens": 12}
     )
@@ -106,7 +108,9 @@ def test_end_to_end_reference_engine(stack: Stack) -> None:
         assert json.loads(httpx.get(loc["manifest_url"], timeout=30).content)["job_id"] == job_id
         listing = c.get("/v1/jobs").json()
         assert listing["data"][0]["id"] == job_id
-        metrics = c.get("/metrics").text
+        metrics = httpx.get(
+            f"{stack.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        ).text
         assert "contrail_items_completed_total" in metrics
         assert 'contrail_workers{model="tiny"} 1.0' in metrics
         assert "contrail_job_duration_seconds_count 1.0" in metrics

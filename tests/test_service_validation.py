@@ -71,7 +71,7 @@ CASES = [
     ),
     ("answer_not_in_choices", f"{line(answer='maybe')}\n", 1, None, None),
     ("duplicate_id", f"{line(id='a')}\n{line(id='b')}\n{line(id='a')}\n", 3, "id", "duplicate_id"),
-    ("not_an_object", "[1, 2]\n", 1, None, "invalid_item"),
+    ("not_an_object", f'{line(id="a")}\n"text"\n', 2, None, "invalid_item"),
 ]
 
 

@@ -58,6 +58,7 @@ def _create_options(
     completion_window: str,
     idempotency_key: str | None,
     quality: QualitySettings | Mapping[str, Any] | None = None,
+    template: str | None = None,
 ) -> RequestOptions:
     body = JobCreate.model_validate(
         {
@@ -82,6 +83,7 @@ def _create_options(
             "metadata": dict(metadata) if metadata is not None else None,
             "completion_window": completion_window,
             "quality": (quality.model_dump() if isinstance(quality, QualitySettings) else quality),
+            "template": template,
         }
     )
     # One key for every attempt: a retried create after a lost answer returns the same job.
@@ -179,13 +181,16 @@ class Jobs:
         completion_window: str = "24h",
         idempotency_key: str | None = None,
         quality: QualitySettings | Mapping[str, Any] | None = None,
+        template: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
         idempotency key is generated once and sent with every retry. After
-        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``.
-        ``quality={"las": True}`` adds LAS to the manifest (docs/QUALITY.md)."""
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``. ``template`` is a
+        prompt block template with {question}, {choices} and {answer} (docs/API.md), checked by
+        the server (422 naming the problem). ``quality={"las": True}`` adds LAS to the manifest
+        (docs/QUALITY.md)."""
         options = _create_options(
             model=model,
             task=task,
@@ -197,6 +202,7 @@ class Jobs:
             completion_window=completion_window,
             idempotency_key=idempotency_key,
             quality=quality,
+            template=template,
         )
         response = self._client.request(options)
         return Job.model_validate_json(response.content)
@@ -349,13 +355,16 @@ class AsyncJobs:
         completion_window: str = "24h",
         idempotency_key: str | None = None,
         quality: QualitySettings | Mapping[str, Any] | None = None,
+        template: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
         The body is validated locally first (``pydantic.ValidationError`` on a bad setting). An
         idempotency key is generated once and sent with every retry. After
-        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``.
-        ``quality={"las": True}`` adds LAS to the manifest (docs/QUALITY.md)."""
+        ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``. ``template`` is a
+        prompt block template with {question}, {choices} and {answer} (docs/API.md), checked by
+        the server (422 naming the problem). ``quality={"las": True}`` adds LAS to the manifest
+        (docs/QUALITY.md)."""
         options = _create_options(
             model=model,
             task=task,
@@ -367,6 +376,7 @@ class AsyncJobs:
             completion_window=completion_window,
             idempotency_key=idempotency_key,
             quality=quality,
+            template=template,
         )
         response = await self._client.request(options)
         return Job.model_validate_json(response.content)

@@ -16,6 +16,25 @@ SCHEMA_VERSION = "1"
 # Stop strings of the few-shot format: a blank line ends a demonstration, "\nQ:" starts the next.
 DEFAULT_STOP: tuple[str, ...] = ("\n\n", "\nQ:")
 
+# Size limits of every string a user sends (docs/API.md lists them): a request is bounded by its
+# fields, not only by its byte count.
+MAX_ID_CHARS = 256
+MAX_TEXT_CHARS = 32_768  # a question or a rationale
+MAX_ANSWER_CHARS = 2_048  # an answer or one choice
+MAX_CHOICES = 64
+MAX_INLINE_ITEMS = 1_000  # items in a create request; larger inputs go through /v1/files
+MAX_TEMPLATE_CHARS = 4_096
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_MODEL_CHARS = 160
+# A model id: a local name ("smollm2-135m", "tiny") or a Hugging Face Hub id ("org/name"), with an
+# optional revision after "@" (a branch, tag or commit: "org/name@main"). No ":", "*", "?", "[",
+# spaces or other characters that would need quoting in Redis key patterns or metric labels.
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)?(@[A-Za-z0-9._/-]+)?$"
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
+AnswerText = Annotated[str, Field(min_length=1, max_length=MAX_ANSWER_CHARS)]
+
 
 class TaskName(StrEnum):
     """Task families of METHOD.md section 1, plus a user-defined generic task."""
@@ -57,10 +76,12 @@ class _Strict(BaseModel):
 class Demonstration(_Strict):
     """One few-shot example with its human-written rationale."""
 
-    question: str = Field(min_length=1)
-    answer: str = Field(min_length=1)
-    choices: list[str] | None = None
-    rationale: str = Field(min_length=1)
+    question: Text
+    answer: AnswerText
+    choices: list[Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]] | None = Field(
+        default=None, max_length=MAX_CHOICES
+    )
+    rationale: Text
 
 
 class Item(_Strict):
@@ -69,19 +90,26 @@ class Item(_Strict):
     Every task loader turns its native format into Items; the generic JSONL format *is* this model.
     """
 
-    id: str = Field(min_length=1, max_length=256, description="Caller's id, unique in a job.")
-    question: str = Field(min_length=1)
-    answer: str = Field(min_length=1, description="The gold answer to write a rationale for.")
-    choices: list[str] | None = Field(
-        default=None, description="Answer options; the answer must be one of them."
+    id: str = Field(
+        min_length=1, max_length=MAX_ID_CHARS, description="Caller's id, unique in a job."
     )
-    wrong_answers: list[str] | None = Field(
+    question: Text
+    answer: AnswerText = Field(description="The gold answer to write a rationale for.")
+    choices: list[Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]] | None = Field(
         default=None,
+        max_length=MAX_CHOICES,
+        description="Answer options; the answer must be one of them.",
+    )
+    wrong_answers: list[Annotated[str, Field(max_length=MAX_ANSWER_CHARS)]] | None = Field(
+        default=None,
+        max_length=MAX_CHOICES,
         description="Wrong answers for free-form items (no choices), used by the 'wrong' "
         "perturbation and counterfactuals.",
     )
     rationale: str | None = Field(
-        default=None, description="A human rationale, if known (used only as demonstration)."
+        default=None,
+        max_length=MAX_TEXT_CHARS,
+        description="A human rationale, if known (used only as demonstration).",
     )
 
     @field_validator("choices")
@@ -120,7 +148,7 @@ class DecodingSettings(_Strict):
     )
     counterfactual_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     num_demonstrations: Annotated[int, Field(ge=0, le=16)] = 6
-    seed: int = 0
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] = 0
 
 
 class RecordDecoding(_Strict):
@@ -190,6 +218,9 @@ ErrorCode = Literal[
     "lockstep_exhausted",
     "empty_input",
     "not_utf8",
+    "line_too_long",  # a line (or a JSON-array record) over the upload's line limit
+    "too_deep",  # JSON nested deeper than the parser's limit
+    "number_too_large",  # a JSON number with too many digits, or out of float range
     "engine_error",
 ]
 
@@ -236,16 +267,26 @@ def completion_window_seconds(window: str) -> int:
     return int(window[:-1]) * _WINDOW_UNITS[window[-1]]
 
 
+Container = Literal["jsonl", "json", "parquet"]
+Compression = Literal["gzip"]
+
+
 class FileObject(BaseModel):
-    """An uploaded, validated input file (JSONL in any supported task format)."""
+    """An uploaded, validated input file: JSON lines, a JSON array or Parquet, optionally
+    gzip-compressed, holding records of any supported task format."""
 
     id: str
     object: Literal["file"] = "file"
     filename: str | None = None
-    bytes: int
-    lines: int = Field(description="Number of items (non-blank lines) in the file.")
+    bytes: int = Field(description="Bytes received (compressed size for a compressed upload).")
+    lines: int = Field(description="Number of items (records) in the file.")
     task: TaskName
-    format: str = Field(description="Detected input format, e.g. 'generic', 'strategyqa'.")
+    format: str = Field(description="Detected record format, e.g. 'generic', 'strategyqa'.")
+    container: Container = Field(
+        default="jsonl",
+        description="How the records were stored: JSON lines, one JSON array, or Parquet.",
+    )
+    compression: Compression | None = None
     created_at: int
 
 
@@ -263,13 +304,37 @@ class QualitySettings(_Strict):
 class JobCreate(_Strict):
     """Create a rationale-generation job from an uploaded file or inline items (exactly one)."""
 
-    input_file_id: str | None = None
-    items: list[Item] | None = Field(default=None, max_length=10_000)
+    input_file_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
+    items: list[Item] | None = Field(
+        default=None,
+        max_length=MAX_INLINE_ITEMS,
+        description=f"At most {MAX_INLINE_ITEMS} items; upload larger inputs as a file.",
+    )
     task: TaskName = TaskName.GENERIC
-    model: str = Field(min_length=1, max_length=128)
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_CHARS,
+        pattern=MODEL_ID_PATTERN,
+        description="A served or declared model: a local name ('smollm2-135m') or a Hugging "
+        "Face Hub id ('org/name', optionally '@revision').",
+    )
     decoding: DecodingSettings = Field(default_factory=DecodingSettings)
     demonstrations: list[Demonstration] | None = Field(default=None, max_length=16)
-    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    template: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Prompt block template with {question}, {choices} and {answer} (exactly "
+        "once), e.g. 'Claim: {question}\\nVerdict: {answer}.'; validated at submission. "
+        "Default: the task's built-in format.",
+    )
+    metadata: (
+        dict[
+            Annotated[str, Field(max_length=MAX_METADATA_KEY_CHARS)],
+            Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS)],
+        ]
+        | None
+    ) = Field(default=None, max_length=16)
     quality: QualitySettings | None = None
     completion_window: str = Field(
         default="24h",
@@ -312,6 +377,7 @@ class Job(BaseModel):
     task: TaskName
     model: str
     decoding: DecodingSettings
+    template: str | None = Field(default=None, description="The job's prompt template, if any.")
     input_file_id: str | None = None
     request_counts: RequestCounts
     usage: Usage = Field(default_factory=Usage)
@@ -363,6 +429,16 @@ class ModelInfo(BaseModel):
     id: str
     object: Literal["model"] = "model"
     workers: int = Field(description="Live workers serving this model.")
+    declared: bool = Field(
+        default=False,
+        description="Listed in the deployment's CONTRAIL_DECLARED_MODELS: jobs are accepted "
+        "(and wait in the queue) while no worker is live.",
+    )
+    backlog: int = Field(
+        default=0,
+        description="Queue messages of this model not yet acknowledged (shards waiting or being "
+        "decoded, and finalizations): what an autoscaler scales on.",
+    )
 
 
 class ModelList(BaseModel):
@@ -371,7 +447,10 @@ class ModelList(BaseModel):
 
 
 class ErrorDetail(BaseModel):
-    line: int | None = None
+    line: int | None = Field(default=None, description="1-based line of a JSON-lines input.")
+    record: int | None = Field(
+        default=None, description="1-based record of a JSON-array or Parquet input."
+    )
     field: str | None = None
     code: str | None = None
     message: str
@@ -397,6 +476,7 @@ class Manifest(BaseModel):
     task: TaskName
     model: str
     decoding: DecodingSettings
+    template: str | None = None
     request_counts: RequestCounts
     counts_by_tag: dict[str, int]
     usage: Usage

@@ -97,7 +97,14 @@ class Storage:
     """One obstore store with the few operations contrail needs (sync for workers, async for
     the API)."""
 
-    def __init__(self, url: str, *, retry_for_s: float = 0.0, request_timeout_s: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retry_for_s: float = 0.0,
+        request_timeout_s: int = 0,
+        public_url: str | None = None,
+    ) -> None:
         self.url = url
         self.retry_for_s = retry_for_s
         parsed = urlparse(url)
@@ -119,6 +126,11 @@ class Storage:
                     "retry_timeout": timedelta(seconds=request_timeout_s),
                 }
             self.store = from_url(url, **options)
+        # Presigned links are signed for the address clients use: the signature covers the
+        # host, so a link to the in-network endpoint cannot be rewritten afterwards.
+        self.signer: Any = self.store
+        if public_url and parsed.scheme == "s3":
+            self.signer = from_url(url, endpoint=public_url.rstrip("/"))
 
     # ---- retries (sync)
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
@@ -245,8 +257,10 @@ class Storage:
 
     async def urls_async(self, keys: list[str], expires_s: int) -> list[str]:
         """Presigned GET URLs on S3; file:// URLs for a local directory."""
-        if isinstance(self.store, S3Store):
-            signed = await obstore.sign_async(self.store, "GET", keys, timedelta(seconds=expires_s))
+        if isinstance(self.signer, S3Store):
+            signed = await obstore.sign_async(
+                self.signer, "GET", keys, timedelta(seconds=expires_s)
+            )
             return [str(u) for u in signed]
         if self.root is not None:
             return [(self.root / k).as_uri() for k in keys]

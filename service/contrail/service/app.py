@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from obstore.exceptions import GenericError
 from redis import Redis as SyncRedis
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,12 +27,20 @@ from contrail.client.types import ErrorDetail, ErrorResponse
 from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
 from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, StorageUnavailable
+from contrail.service.auth import ApiKeys
 from contrail.service.errors import ApiError, error_body
-from contrail.service.metrics import API_ERRORS
+from contrail.service.limits import UPLOAD_PATH, BodyLimit
+from contrail.service.metrics import API_ERRORS, KEY_RELOAD_ERRORS
 from contrail.service.routers import files, health, jobs, models, ui
 from contrail.service.settings import ApiSettings, get_settings
 
 log = logging.getLogger("contrail.service")
+
+AUTH_ERRORS = {
+    "401": "Missing or invalid credentials",
+    "429": "Rate limited: too many failed authentications from this address, or the "
+    "tenant's request rate",
+}
 
 
 def _answer(
@@ -66,6 +75,12 @@ def _document_errors(app: FastAPI) -> None:
                 resp = op.get("responses", {}).get("422")
                 if resp is not None:
                     resp["content"] = {"application/json": {"schema": ref}}
+                if op.get("security"):  # any authenticated route: 401, and 429 when throttled
+                    for code, what in AUTH_ERRORS.items():
+                        op["responses"].setdefault(
+                            code,
+                            {"description": what, "content": {"application/json": {"schema": ref}}},
+                        )
         comps = schema.setdefault("components", {}).setdefault("schemas", {})
         comps.pop("HTTPValidationError", None)
         comps.pop("ValidationError", None)
@@ -99,17 +114,32 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
+        # Uploads are validated in worker threads (CPU-bound Python); the event loop waits for
+        # the GIL up to one switch interval each time it needs it. 1 ms instead of 5 ms keeps
+        # other requests' latency low during a large upload (bench/upload.py measures it).
+        sys.setswitchinterval(0.001)
+        # Bad keys (too short, a tenant name with ':') stop the start-up with the reason.
+        app.state.keys = ApiKeys(s.api_keys, s.api_keys_file, on_reload_error=KEY_RELOAD_ERRORS.inc)
         # A connection broken by a Redis restart is retried (briefly) before answering 503.
-        app.state.redis = Redis.from_url(
+        # A bounded pool that makes a request wait for a free connection: redis-py's default
+        # pool answers "Too many connections" (a 503 here) past 100 concurrent commands.
+        pool = BlockingConnectionPool.from_url(
             s.redis_url,
+            max_connections=s.redis_max_connections,
+            timeout=10,
             socket_timeout=10,
             socket_connect_timeout=5,
             health_check_interval=15,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        app.state.redis = Redis.from_pool(pool)
         app.state.store = AsyncJobStore(app.state.redis)
-        app.state.storage = Storage(s.storage_url, request_timeout_s=s.storage_timeout_s)
+        app.state.storage = Storage(
+            s.storage_url,
+            request_timeout_s=s.storage_timeout_s,
+            public_url=s.storage_public_url,
+        )
         reconciler = start_reconciler(s)
         try:
             yield
@@ -127,6 +157,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.dependency_overrides[get_settings] = lambda: settings
     for router in (files.router, jobs.router, models.router, health.router, ui.router):
         app.include_router(router)
+
+    def body_limit(method: str, path: str) -> int:
+        s = settings or get_settings()
+        if method == "POST" and path.rstrip("/") == UPLOAD_PATH:
+            return s.max_upload_bytes
+        return s.max_request_bytes
+
+    app.add_middleware(BodyLimit, limit_for=body_limit, answer=_answer)
 
     _document_errors(app)
 

@@ -33,6 +33,7 @@ from contrail.core.jobs.sizing import ShardPlanner, ids_from_lines, shard_plans
 from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, job_input_key, job_input_prefix
 from contrail.core.tasks.demos import BUILTIN_POOL_TASKS
+from contrail.core.tasks.prompts import PromptTemplate, TemplateError
 from contrail.service.errors import ApiError
 from contrail.service.metrics import JOBS_CREATED
 from contrail.service.settings import ApiSettings
@@ -97,6 +98,21 @@ async def items_input(
     return JobInput(job_input_prefix(job_id), len(items), plans, written_by_job=True)
 
 
+def checked_template(template: str | None) -> str | None:
+    """The job's template, validated as the planner will use it (422 naming the problem)."""
+    if template is None:
+        return None
+    try:
+        PromptTemplate(template)
+    except TemplateError as exc:
+        raise ApiError(
+            422,
+            f"invalid template: {exc}",
+            details=[ErrorDetail(field="template", code="invalid_template", message=str(exc))],
+        ) from None
+    return template
+
+
 def duplicate_ids(items: Sequence[Item]) -> list[ErrorDetail]:
     seen: set[str] = set()
     details: list[ErrorDetail] = []
@@ -152,6 +168,7 @@ class JobSpec:
     metadata: dict[str, str] | None
     completion_window: str
     quality: QualitySettings | None = None
+    template: str | None = None
 
 
 def new_record(job_id: str, spec: JobSpec, job_input: JobInput, now: float) -> JobRecord:
@@ -163,6 +180,7 @@ def new_record(job_id: str, spec: JobSpec, job_input: JobInput, now: float) -> J
         model=spec.model,
         decoding=spec.decoding,
         demonstrations=spec.demonstrations,
+        template=spec.template,
         metadata=spec.metadata,
         quality=spec.quality,
         input_file_id=job_input.input_file_id,

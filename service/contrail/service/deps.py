@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,7 +11,7 @@ from redis.asyncio import Redis
 
 from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage
-from contrail.service.auth import tenant_for
+from contrail.service.auth import ApiKeys, token_matches
 from contrail.service.errors import ApiError
 from contrail.service.settings import ApiSettings, get_settings
 
@@ -37,21 +38,79 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 StoreDep = Annotated[AsyncJobStore, Depends(get_store)]
 
 _bearer = HTTPBearer(auto_error=False, description="API key")
+_metrics_bearer = HTTPBearer(
+    auto_error=False, scheme_name="MetricsToken", description="CONTRAIL_METRICS_TOKEN"
+)
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def get_tenant(
-    settings: SettingsDep,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+def get_keys(request: Request) -> ApiKeys:
+    keys: ApiKeys = request.app.state.keys
+    return keys
+
+
+def client_address(request: Request) -> str:
+    """The caller's address (the proxy's X-Forwarded-For when uvicorn trusts that proxy)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def _checked(
+    request: Request,
+    store: AsyncJobStore,
+    settings: ApiSettings,
+    creds: HTTPAuthorizationCredentials | None,
+    check: Callable[[str], str | None],
+    what: str = "API key",
 ) -> str:
-    challenge = {"WWW-Authenticate": "Bearer"}
+    """What `check` makes of the presented token, throttling addresses that keep failing.
+
+    A throttled address is refused before its token is looked at, so answers cannot tell a
+    right guess from a wrong one while the throttle lasts. A request without a token is not a
+    guess and is not counted."""
     if creds is None or not creds.credentials:
         raise ApiError(
-            401, "missing API key: send 'Authorization: Bearer <key>'", headers=challenge
+            401, f"missing {what}: send 'Authorization: Bearer <{what}>'", headers=_CHALLENGE
         )
-    tenant = tenant_for(creds.credentials, settings.api_keys, settings.api_keys_file)
-    if tenant is None:
-        raise ApiError(401, "invalid API key", headers=challenge)
-    return tenant
+    client = client_address(request)
+    wait = await store.auth_blocked(client, settings.auth_failures_per_minute)
+    if wait is not None:
+        raise ApiError(
+            429,
+            f"too many failed authentications from {client}; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    found = check(creds.credentials)
+    if found is None:
+        await store.count_auth_failure(client)
+        raise ApiError(401, f"invalid {what}", headers=_CHALLENGE)
+    return found
+
+
+async def get_tenant(
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    return await _checked(request, store, settings, creds, get_keys(request).tenant)
+
+
+async def metrics_access(
+    request: Request,
+    settings: SettingsDep,
+    store: StoreDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_metrics_bearer)],
+) -> None:
+    """/metrics needs its own token (API keys are not accepted); without one it is off."""
+    token = settings.metrics_token
+    if token is None:
+        raise ApiError(404, "metrics are disabled: set CONTRAIL_METRICS_TOKEN to enable them")
+    expected = token.get_secret_value()
+
+    def check(given: str) -> str | None:
+        return "metrics" if token_matches(given, expected) else None
+
+    await _checked(request, store, settings, creds, check, "metrics token")
 
 
 TenantDep = Annotated[str, Depends(get_tenant)]

@@ -1,5 +1,9 @@
 """Prometheus metrics. Workers count into Redis (`contrail:stats`); the API's /metrics exports
-those deployment-wide numbers next to its own, so one scrape sees the whole deployment."""
+those deployment-wide numbers next to its own, so one scrape sees the whole deployment.
+
+Nothing here is per tenant (no tenant label, no per-tenant totals), and a scrape costs a fixed
+handful of Redis calls: two hashes, the live workers, and one XINFO per model of the `models` set
+(never a keyspace scan)."""
 
 from __future__ import annotations
 
@@ -28,6 +32,11 @@ UPLOADED_ITEMS = Counter(
     "contrail_uploaded_items", "Items accepted in uploaded files", registry=REGISTRY
 )
 JOBS_CREATED = Counter("contrail_jobs_created", "Jobs created", registry=REGISTRY)
+KEY_RELOAD_ERRORS = Counter(
+    "contrail_api_keys_reload_errors",
+    "Changes of the API keys file that did not parse (the previous keys stayed in force)",
+    registry=REGISTRY,
+)
 
 _COUNTERS = {
     "items_completed": ("contrail_items_completed", "Rationales produced by workers"),

@@ -35,12 +35,15 @@ def cmd_serve_worker(args: argparse.Namespace) -> int:
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
     models = lazy("contrail.worker.models", "worker")
+    hub = lazy("contrail.worker.hub", "worker")
     started = time.monotonic()
     print(f"preparing {args.name or DEFAULT_MODEL} ...", file=sys.stderr)
     try:
         spec = models.prepare_model(args.name, args.cache_dir, force=args.force)
     except (ValueError, FileNotFoundError) as exc:  # unknown name, not a model folder
         raise UsageError(str(exc)) from None
+    except hub.HubError as exc:  # not cached offline, no network, not on the Hub
+        raise CommandFailed(f"error: {exc}") from None
     print(f"{spec.name}: {spec.path}  ({time.monotonic() - started:.1f}s)")
     return EXIT_OK
 
@@ -126,9 +129,17 @@ def register(registry: CommandRegistry) -> None:
     p.set_defaults(func=cmd_serve_worker)
 
     p = registry.add_to(
-        "models", "prepare", help="convert and cache a model for the workers (no download)"
+        "models",
+        "prepare",
+        help="convert and cache a model for the workers; fetch a Hub id into the HF cache",
     )
-    p.add_argument("name", nargs="?", default=None, help=f"model (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "name",
+        nargs="?",
+        default=None,
+        help=f"model: smollm2-135m, tiny, a Hub id org/name[@revision] or a folder "
+        f"(default {DEFAULT_MODEL})",
+    )
     p.add_argument("--cache-dir", default=None, help="cache folder (default CONTRAIL_CACHE_DIR)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=cmd_models_prepare)

@@ -394,18 +394,44 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-parquet", action="store_true")
 
 
+def dataset_label(records: Sequence[RationaleRecord], path: Path) -> tuple[str, str]:
+    """(group, variant) of a dataset from its records: the task(s), and the decoding mode (with
+    the perturbation for contrastive decoding) and tags, e.g. ("strategyqa",
+    "contrastive-wrong · factual+counterfactual"). The file name only when there are none."""
+    if not records:
+        return "", path.stem
+    tasks = "+".join(sorted({r.task.value for r in records}))
+    modes = sorted(
+        {
+            r.decoding.mode.value
+            + (f"-{r.decoding.perturbation.value}" if r.decoding.perturbation else "")
+            for r in records
+        }
+    )
+    tags = "+".join(sorted({r.tag.value for r in records}, key=lambda t: t != "factual"))
+    return tasks, f"{'+'.join(modes)} · {tags}"
+
+
 def run_eval(args: argparse.Namespace) -> int:
     simulator = build_simulator(args)
     summaries: dict[str, QualitySummary] = {}
+    labels: dict[str, tuple[str, str]] = {}
     for path in args.datasets:
-        summaries[str(path)] = evaluate_file(
-            path,
+        records = load_records(path)
+        labels[str(path)] = dataset_label(records, Path(path))
+        summaries[str(path)] = summarize(
+            records,
             simulator,
             calibration=args.calibration,
             bootstrap_reps=args.bootstrap,
             seed=args.seed,
         )
-    rows = [("", Path(p).stem, s) for p, s in summaries.items()]
+    seen = Counter(labels.values())
+    rows = [
+        (group, variant if seen[(group, variant)] == 1 else f"{variant} ({Path(p).stem})", s)
+        for p, s in summaries.items()
+        for group, variant in [labels[p]]
+    ]
     report = comparison_table(rows) + "\n" + simulator_notes(rows)
     print(report, end="")
     if args.json is not None:

@@ -9,7 +9,7 @@ they were counted shard by shard.
 
 Scratch space: the dataset is built in a local folder (`scratch_dir`) before upload; a failure
 there (a full disk) fails this delivery, and after `max_deliveries` the job ends `failed` with the
-reason, its shard outputs kept.
+fixed message (the cause goes to the log and the dead-letter stream), its shard outputs kept.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from contrail.core.signals import RecordSignals, record_signals
 from contrail.core.storage import Storage, dataset_keys, shard_output_keys
 from contrail.worker.dataset_writer import DatasetWriter
 from contrail.worker.evaluation import summary_from_signals
+from contrail.worker.item_errors import FINALIZE_FAILED
 from contrail.worker.job_quality import JobLas, LasReader, job_las
 from contrail.worker.resilience import RedisGuard
 
@@ -89,9 +90,9 @@ class Finalizer:
         log.exception("finalizing %s failed (delivery %d)", job.id, msg.deliveries)
         if msg.deliveries < self.max_deliveries:
             raise FinalizeRetry(str(exc)) from exc
-        error = f"finalization failed after {msg.deliveries} attempts: {type(exc).__name__}"
-        if isinstance(exc, OSError) and exc.strerror:
-            error += f" ({exc.strerror})"
+        # The tenant reads a fixed message; the exception is in the log above and in the
+        # dead-letter reason (operators only).
+        error = FINALIZE_FAILED.format(n=msg.deliveries, job_id=job.id)
         call = protocol.finish(
             job,
             JobStatus.FAILED,
@@ -165,6 +166,7 @@ def _manifest(
         task=job.task,
         model=job.model,
         decoding=job.decoding,
+        template=job.template,
         request_counts=RequestCounts(total=job.total, completed=job.completed, failed=job.failed),
         counts_by_tag=dict(sorted(by_tag.items())),
         usage=Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens),

@@ -18,11 +18,11 @@ def check(settings: WorkerSettings) -> int:
     r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     host = socket.gethostname()
     try:
-        workers = JobQueue(r, settings.model).live_workers()
+        workers = JobQueue(r, settings.model_id).live_workers()
     except redis.RedisError:
         return REDIS_DOWN
     finally:
         r.close()
-    if any(w.get("host") == host and w.get("model") == settings.model for w in workers):
+    if any(w.get("host") == host and w.get("model") == settings.model_id for w in workers):
         return HEALTHY
     return NO_WORKER

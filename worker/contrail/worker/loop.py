@@ -45,6 +45,10 @@ def make_engine(settings: WorkerSettings) -> Engine:
     """The engine this worker decodes with (settings.engine; options from engine_options)."""
     from contrail.worker.engine.factory import create_engine
 
+    if settings.engine == "vllm":
+        from contrail.worker.engine.versions import check_vllm, installed_vllm
+
+        check_vllm(installed_vllm(), allow_untested=settings.allow_untested_vllm)
     return create_engine(
         settings.engine,
         settings.model,
@@ -71,7 +75,7 @@ class Worker:
             socket_timeout=settings.block_ms / 1000 + 10,
             socket_connect_timeout=5,
         )
-        self.queue = JobQueue(self.r, settings.model)
+        self.queue = JobQueue(self.r, settings.model_id)
         self.storage = Storage(settings.storage_url, retry_for_s=settings.storage_retry_s)
         self.engine = engine
         self.stopping = threading.Event()  # stop reading new work
@@ -105,7 +109,7 @@ class Worker:
         )
         self._reconciler = ReconcilerThread(reconciler, self.s.reconcile_interval_s)
         self._reconciler.start()
-        log.info("worker %s serves %s from %s", self.id, self.s.model, self.queue.stream)
+        log.info("worker %s serves %s from %s", self.id, self.s.model_id, self.queue.stream)
 
     def run(self) -> int:
         self.startup()
@@ -150,7 +154,7 @@ class Worker:
         if not ids:
             return
         try:
-            n = self.queue.run(protocol.release(self.s.model, ids))
+            n = self.queue.run(protocol.release(self.s.model_id, ids))
             log.info("gave %d message(s) back to the queue", n)
         except redis.RedisError as exc:  # they go idle and are reclaimed instead
             log.warning("could not give back %d message(s): %s", len(ids), exc)
@@ -250,7 +254,7 @@ class Worker:
             self.storage,
             self.engine,
             self.guard,
-            model=self.s.model,
+            model=self.s.model_id,
             max_deliveries=self.s.max_deliveries,
             done_with=self._done_with,
         )

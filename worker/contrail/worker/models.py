@@ -6,11 +6,14 @@
 - ``tiny``: a random 2-layer Llama with a locally trained byte-level BPE tokenizer, for fast tests.
   Built deterministically (same bytes on every build of the same corpus).
 - any existing directory: used as is.
+- a Hugging Face Hub id, ``org/name`` or ``org/name@revision``: resolved through
+  huggingface_hub's cache (`contrail.worker.hub`; HF_HOME, HF_TOKEN and HF_HUB_OFFLINE honoured),
+  fetched only when not cached yet.
 
 Prepared folders live in a cache dir (``$CONTRAIL_CACHE_DIR/models``, default
 ``~/.cache/contrail/models``). A folder is built under a temporary name, completed with a marker
 file and renamed into place, so a reader never sees a half-written model and concurrent builders
-do not clash. Nothing here downloads anything.
+do not clash. Only a Hub id that is not cached yet is downloaded.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from contrail.worker.hub import fetch, parse_hub_id
+from contrail.worker.hub import resolve as resolve_hub
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny"
@@ -408,9 +414,15 @@ _ALIASES = {
 def resolve_model(
     name_or_path: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    refresh: bool = False,
 ) -> ModelSpec:
-    """A model name (``smollm2-135m`` default, ``tiny``) prepared on first use, or an existing
-    HF folder used as is."""
+    """A model name (``smollm2-135m`` default, ``tiny``) prepared on first use, an existing HF
+    folder used as is, or a Hub id (``org/name[@revision]``) from the Hugging Face cache
+    (fetched when missing; always asked of the Hub with ``refresh``). A Hub model's name is its
+    id as given, which is what the worker announces and jobs name.
+
+    Raises `contrail.worker.hub.HubError` when a Hub model cannot be had."""
     raw = str(name_or_path) if name_or_path is not None else DEFAULT_MODEL
     alias = _ALIASES.get(raw.lower())
     if alias == DEFAULT_MODEL:
@@ -419,11 +431,24 @@ def resolve_model(
         return ModelSpec(TINY_MODEL, tiny_model_path(cache_dir))
     path = Path(raw).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
-        return ModelSpec(path.resolve().name, path.resolve())
+        return ModelSpec(path.resolve().name, _model_folder(path.resolve(), raw))
+    hub_id = parse_hub_id(raw)
+    if hub_id is not None:
+        folder = fetch(hub_id) if refresh else resolve_hub(hub_id)
+        return ModelSpec(str(hub_id), _model_folder(folder, str(hub_id)))
     known = ", ".join(sorted(set(_ALIASES)))
-    raise ValueError(f"unknown model {raw!r}: use one of {known} or an existing model folder")
+    raise ValueError(
+        f"unknown model {raw!r}: use one of {known}, a Hugging Face Hub id (org/name, "
+        "optionally @revision) or an existing model folder"
+    )
+
+
+def _model_folder(path: Path, name: str) -> Path:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{name} ({path}) is not a Hugging Face model folder: no config.json"
+        )
+    return path
 
 
 def prepare_model(
@@ -434,7 +459,8 @@ def prepare_model(
 ) -> ModelSpec:
     """Prepare a model now (the ``contrail models prepare`` command); returns where it is.
 
-    ``force`` rebuilds a cached named model."""
+    ``force`` rebuilds a cached named model. A Hub id is always asked of the Hub (a branch
+    revision is refreshed), or looked up in the cache under HF_HUB_OFFLINE=1."""
     if force:
         raw = (name_or_path or DEFAULT_MODEL).lower()
         alias = _ALIASES.get(raw)
@@ -449,7 +475,7 @@ def prepare_model(
         if target is not None and target.exists():
             with contextlib.suppress(FileNotFoundError):
                 (target / MARKER).unlink()
-    return resolve_model(name_or_path, cache_dir)
+    return resolve_model(name_or_path, cache_dir, refresh=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -459,7 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m contrail.worker.models")
     parser.add_argument(
-        "name", nargs="?", default=DEFAULT_MODEL, help="smollm2-135m, tiny or a folder"
+        "name",
+        nargs="?",
+        default=DEFAULT_MODEL,
+        help="smollm2-135m, tiny, a Hub id (org/name[@revision]) or a folder",
     )
     parser.add_argument("--cache-dir", default=None, help="default: $CONTRAIL_CACHE_DIR/models")
     parser.add_argument("--force", action="store_true", help="rebuild a cached named model")

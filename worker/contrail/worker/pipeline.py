@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, get_args
+from typing import Final
 
 from contrail.client.types import (
     DecodingMode,
     DecodingSettings,
     Demonstration,
-    ErrorCode,
     FinishReason,
     Item,
     ItemError,
@@ -37,8 +36,8 @@ from contrail.core.tasks.perturb import (
 )
 from contrail.core.tasks.prompts import PromptTemplate, build_prompt
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult, Engine
+from contrail.worker.item_errors import error_code, item_error, log_engine_errors, message
 
-_ERROR_CODES: Final = frozenset(get_args(ErrorCode))
 _ID_SEPARATOR: Final = "#"
 
 
@@ -130,15 +129,9 @@ def plan(
         for tag in owed_tags(item.id, settings):
             try:
                 answer, negative = _answer_slot(item, task, settings, tag)
-            except PerturbationError as exc:
+            except PerturbationError:
                 job.errors.append(
-                    ItemError(
-                        item_id=item.id,
-                        tag=tag,
-                        field="wrong_answers",
-                        code="invalid_item",
-                        message=str(exc),
-                    )
+                    item_error("invalid_item", item_id=item.id, tag=tag, field="wrong_answers")
                 )
                 continue
             pos = build_prompt(task, item, answer, demos, block_template)
@@ -168,20 +161,10 @@ def record_decoding(settings: DecodingSettings, negative: str | None) -> RecordD
     )
 
 
-def error_code(message: str | None) -> str:
-    """Engines report "<code>: <detail>"; unknown or missing codes become engine_error."""
-    code = (message or "").split(":", 1)[0].strip()
-    return code if code in _ERROR_CODES else "engine_error"
-
-
 def _result_error(planned: PlannedRequest, result: DecodeResult) -> ItemError:
-    message = result.error or "decoding failed"
-    return ItemError(
-        item_id=planned.item.id,
-        tag=planned.tag,
-        code=error_code(result.error),
-        message=f"{planned.tag.value} rationale: {message}",
-    )
+    """The tenant's error for a failed result: its code's message, never the engine's detail
+    (that goes to the worker log, see `to_records`)."""
+    return item_error(error_code(result.error), item_id=planned.item.id, tag=planned.tag)
 
 
 def to_record(
@@ -206,7 +189,7 @@ def to_record(
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         continuations=result.continuations,
-        error=result.error,
+        error=None if result.error is None else message(error_code(result.error)),
     )
 
 
@@ -239,6 +222,7 @@ def to_records(
 ) -> list[RationaleRecord | ItemError]:
     """One record (or ItemError) per planned request (all of the plan's by default)."""
     pairs = match_results(job.requests if planned is None else planned, results)
+    log_engine_errors((p.item.id, r.error) for p, r in pairs if r.error is not None)
     return [to_record(job, p, result) for p, result in pairs]
 
 

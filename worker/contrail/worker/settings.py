@@ -14,7 +14,11 @@ from contrail.core.settings import CommonSettings
 class WorkerSettings(CommonSettings):
     """The teacher a worker serves, its engine, and how it reads the queue."""
 
-    model: str = "smollm2-135m"
+    model: str = Field(
+        default="smollm2-135m",
+        description="The teacher: smollm2-135m, tiny, a Hugging Face Hub id (org/name, "
+        "optionally @revision) or a local model folder.",
+    )
     model_cache_dir: Path | None = Field(
         default=None, description="Prepared-model cache (default $CONTRAIL_CACHE_DIR/models)."
     )
@@ -49,11 +53,26 @@ class WorkerSettings(CommonSettings):
     las_simulator_layer: int = Field(
         default=16, ge=1, description="Hidden layer the LAS simulator reads."
     )
+    allow_untested_vllm: bool = Field(
+        default=False,
+        description="Start even when the installed vLLM is not the release line the pair "
+        "processor is tested with (docs/DECODING.md); at your own risk.",
+    )
     scratch_dir: Path | None = Field(
         default=None,
         description="Local folder for building a job's dataset files at finalization (about "
         "the dataset's size; default: the system temporary folder).",
     )
+
+    @property
+    def model_id(self) -> str:
+        """The id this worker announces and reads the queue of (jobs name it): a local folder's
+        name, else the model as configured (a local name or a Hub id with its revision)."""
+        name = self.model.strip()
+        path = Path(name).expanduser()
+        if "@" not in name and path.is_dir():
+            return path.resolve().name
+        return name
 
 
 @lru_cache

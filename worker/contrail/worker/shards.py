@@ -91,7 +91,9 @@ class ShardProcessor:
             return None
         lines = self.storage.read_lines(job.input_key(msg.shard))
         items = [Item.model_validate_json(line) for line in lines]
-        shard_plan = plan(items, job.task, job.decoding, self.model, job.demonstrations)
+        shard_plan = plan(
+            items, job.task, job.decoding, self.model, job.demonstrations, job.template
+        )
         prefix = f"{msg.job_id}/{msg.shard}/"
         requests = [
             replace(r, request_id=prefix + r.request_id) for r in shard_plan.decode_requests

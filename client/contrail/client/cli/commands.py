@@ -77,6 +77,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise UsageError(f"no such input file: {path}")
     decoding = decoding_settings(args)
     metadata = _parse_metadata(args.metadata)
+    template = _template(args)
     with make_client(args) as client:
         uploaded: FileObject = client.files.upload(path, task=args.task)
         if not args.json:
@@ -90,6 +91,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             completion_window=args.completion_window,
             idempotency_key=args.idempotency_key,
             quality={"las": True} if args.las else None,
+            template=template,
         )
         if not args.wait:
             if args.json:
@@ -124,6 +126,18 @@ def _wait_job(client: Client, job_id: str, args: argparse.Namespace) -> Job:
         poll_interval=args.poll_interval,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
+
+
+def _template(args: argparse.Namespace) -> str | None:
+    if args.template is not None and args.template_file is not None:
+        raise UsageError("give --template or --template-file, not both")
+    if args.template_file is None:
+        return str(args.template) if args.template is not None else None
+    path = Path(args.template_file)
+    if not path.is_file():
+        raise UsageError(f"no such template file: {path}")
+    # A trailing newline is the file's, not the template's (it must not end in whitespace).
+    return path.read_text(encoding="utf-8").rstrip("\n")
 
 
 def _parse_metadata(pairs: Sequence[str] | None) -> dict[str, str] | None:
@@ -269,12 +283,22 @@ def register(registry: CommandRegistry) -> None:
         "submit",
         parents=[conn, registry.decoding],
         help="upload an input file and create a job",
-        description="Upload a JSONL input file and create a rationale-generation job.",
+        description="Upload an input file (JSON lines, a JSON array or Parquet, optionally "
+        "gzip-compressed; records in any supported task format) and create a "
+        "rationale-generation job.",
     )
-    p.add_argument("file", help="JSONL input (any supported task format)")
+    p.add_argument(
+        "file", help="input: .jsonl, .json (array), .parquet, any of them .gz; format detected"
+    )
     p.add_argument("--task", type=task_arg, default=TaskName.GENERIC.value, help="task family")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL})")
     p.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="repeatable")
+    p.add_argument(
+        "--template",
+        default=None,
+        help="prompt block template with {question}, {choices}, {answer} (docs/API.md)",
+    )
+    p.add_argument("--template-file", default=None, help="read the template from a file")
     p.add_argument(
         "--completion-window",
         default="24h",

@@ -16,7 +16,12 @@ contrail:tenant:<t>:queued            int    items in the tenant's non-terminal 
 contrail:tenant:<t>:active            set    the tenant's non-terminal job ids (quota)
 contrail:idem:<t>:<key>               str    "<body sha256> <job_id>" (Idempotency-Key, TTL)
 contrail:rl:<t>:<minute>              int    POSTs in one minute window (rate limit, TTL)
+contrail:authfail:<addr>:<minute>     int    failed authentications of one client address in
+                                             one minute window (throttle, TTL)
 contrail:seq                          int    creation sequence
+contrail:models                       set    models that have a stream (added by job creation
+                                             and worker start): /metrics reads their queues
+                                             without scanning the keyspace
 contrail:stream:<model>               stream live messages {kind: shard|finalize, job_id, ...};
                                              a message is deleted when it is acknowledged
 contrail:dead:<model>                 stream dead-lettered messages (+ reason), capped
@@ -38,6 +43,7 @@ JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"
 PENDING_INPUTS = f"{PREFIX}:jobs:pending_inputs"
 RECONCILER = f"{PREFIX}:reconciler"
+MODELS = f"{PREFIX}:models"
 JOB_SECONDS_BUCKETS: tuple[float, ...] = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 
@@ -79,6 +85,10 @@ def idempotency(tenant: str, key: str) -> str:
 
 def rate(tenant: str, window: int) -> str:
     return f"{PREFIX}:rl:{tenant}:{window}"
+
+
+def auth_failures(client: str, window: int) -> str:
+    return f"{PREFIX}:authfail:{client}:{window}"
 
 
 def stream(model: str) -> str:

@@ -116,6 +116,7 @@ def create(
             keys.file_jobs(record.input_file_id or ""),
             keys.PENDING_INPUTS,
             keys.file(record.input_file_id or ""),
+            keys.MODELS,
         ],
         args,
         lambda reply: Created(*_pair(reply)),  # type: ignore[arg-type]

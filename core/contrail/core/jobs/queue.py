@@ -62,6 +62,7 @@ class QueueMessage:
 
 
 def ensure_group(r: redis.Redis, model: str) -> None:
+    r.sadd(keys.MODELS, model)  # /metrics reports this model's queue from now on
     try:
         r.xgroup_create(keys.stream(model), keys.GROUP, id="0", mkstream=True)
     except ResponseError as exc:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from contrail.client.types import (
+    Compression,
+    Container,
     DecodingSettings,
     Demonstration,
     FileObject,
@@ -80,7 +82,7 @@ class JobRecord(_HashRecord):
     """Everything Redis knows about a job (`contrail:job:<id>`)."""
 
     _json: ClassVar[frozenset[str]] = frozenset(
-        {"decoding", "demonstrations", "metadata", "quality"}
+        {"decoding", "demonstrations", "metadata", "template", "quality"}
     )
 
     id: str
@@ -90,6 +92,7 @@ class JobRecord(_HashRecord):
     model: str
     decoding: DecodingSettings
     demonstrations: list[Demonstration] | None = None
+    template: str | None = None  # the job's prompt block template (validated at creation)
     metadata: dict[str, str] | None = None
     quality: QualitySettings | None = None  # measurements asked for at finalization
     input_file_id: str | None = None
@@ -135,6 +138,7 @@ class JobRecord(_HashRecord):
             task=self.task,
             model=self.model,
             decoding=self.decoding,
+            template=self.template,
             input_file_id=self.input_file_id,
             request_counts=RequestCounts(
                 total=self.total, completed=self.completed, failed=self.failed
@@ -169,6 +173,8 @@ class FileRecord(_HashRecord):
     items: int
     task: TaskName
     format: str
+    container: Container = "jsonl"
+    compression: Compression | None = None
     created_at: float
     parts: int
     part_size: int
@@ -207,5 +213,7 @@ class FileRecord(_HashRecord):
             lines=self.items,
             task=self.task,
             format=self.format,
+            container=self.container,
+            compression=self.compression,
             created_at=int(self.created_at),
         )

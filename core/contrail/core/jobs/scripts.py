@@ -40,7 +40,7 @@ end
 """
 
 # KEYS: job, tenant jobs, tenant queued, tenant active, seq, stream, active jobs, job shards,
-#       idempotency key, file jobs, pending inputs, file
+#       idempotency key, file jobs, pending inputs, file, models
 # ARGV: job id, items, max queued, max active, idempotency value ('' = none), idempotency ttl,
 #       body digest, expires at, uses file (0/1), n fields, field, value, ...,
 #       then per shard: items, rationales
@@ -80,6 +80,10 @@ redis.call('ZREM', KEYS[11], job_id)
 if ARGV[9] == '1' then redis.call('SADD', KEYS[10], job_id) end
 -- The consumer group exists from the first job on, even before any worker has started.
 redis.pcall('XGROUP', 'CREATE', KEYS[6], '__GROUP__', '0', 'MKSTREAM')
+-- The model joins the set /metrics reads queue depths from (no keyspace scan).
+for i = 11, 10 + 2 * nf, 2 do
+  if ARGV[i] == 'model' then redis.call('SADD', KEYS[13], ARGV[i + 1]) end
+end
 local shard = 0
 for i = 11 + 2 * nf, #ARGV, 2 do
   redis.call('HSET', KEYS[8], shard, ARGV[i] .. ' ' .. ARGV[i + 1])

@@ -5,7 +5,7 @@ calls (creation, cancellation, deletion) run through the same `Call`s the worker
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from redis.asyncio import Redis
@@ -107,18 +107,30 @@ class AsyncJobStore:
             raise IdempotencyConflict(key)
         return job_id
 
-    # ---------------------------------------------------------------- rate limit
+    # ---------------------------------------------------------------- rate limits
     async def hit_rate(self, tenant: str, limit: int) -> int | None:
         """Count one request; the seconds to wait when over the per-minute limit, else None."""
         t = time.time()
-        k = keys.rate(tenant, int(t // 60))
+        n = await self._count(keys.rate(tenant, int(t // 60)))
+        return _wait_s(t) if n > limit else None
+
+    async def _count(self, key: str) -> int:
+        """Increment a per-minute counter (it expires after the window)."""
         pipe = self.r.pipeline(transaction=True)
-        pipe.incr(k)
-        pipe.expire(k, 120)
+        pipe.incr(key)
+        pipe.expire(key, 120)
         n, _ = await pipe.execute()
-        if int(n) > limit:
-            return max(1, int(60 - (t % 60)) + 1)
-        return None
+        return int(n)
+
+    async def auth_blocked(self, client: str, limit: int) -> int | None:
+        """The seconds to wait when `client` failed to authenticate more than `limit` times
+        in this minute, else None."""
+        t = time.time()
+        n = await self.r.get(keys.auth_failures(client, int(t // 60)))
+        return _wait_s(t) if n is not None and int(n) >= limit else None
+
+    async def count_auth_failure(self, client: str) -> None:
+        await self._count(keys.auth_failures(client, int(time.time() // 60)))
 
     # ---------------------------------------------------------------- models
     async def served_models(self) -> dict[str, int]:
@@ -135,19 +147,35 @@ class AsyncJobStore:
                 models[text(m)] = models.get(text(m), 0) + 1
         return models
 
+    async def backlogs(self, models: Iterable[str]) -> dict[str, int]:
+        """model -> messages in its stream: acknowledged messages are deleted, so this is what
+        waits or is being worked on (shards and finalizations), as XLEN tells an autoscaler."""
+        names = sorted(set(models))
+        pipe = self.r.pipeline(transaction=False)
+        for m in names:
+            pipe.xlen(keys.stream(m))
+        return {m: int(n) for m, n in zip(names, await pipe.execute(), strict=True)}
+
     async def stats(self) -> dict[str, str]:
         return decode_hash(await self.r.hgetall(keys.STATS))
 
     async def queue_depth(self) -> dict[str, tuple[int, int]]:
-        """model -> (messages not yet delivered, messages delivered but not acknowledged)."""
+        """model -> (messages not yet delivered, messages delivered but not acknowledged), for
+        the models in the `models` set (one XINFO per model; the keyspace is never scanned)."""
+        models = sorted(text(m) for m in await self.r.smembers(keys.MODELS))  # type: ignore[misc]
+        pipe = self.r.pipeline(transaction=False)
+        for model in models:
+            pipe.xinfo_groups(keys.stream(model))
         out: dict[str, tuple[int, int]] = {}
-        async for raw in self.r.scan_iter(match=keys.stream("*"), count=100):
-            name = text(raw)
-            try:
-                groups = await self.r.xinfo_groups(name)
-            except ResponseError:
-                continue
+        for model, groups in zip(models, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(groups, ResponseError):
+                continue  # the stream is gone (Redis lost its data): nothing queued
             lag = sum(int(g.get("lag") or 0) for g in groups)
             pending = sum(int(g.get("pending") or 0) for g in groups)
-            out[name[len(keys.stream("")) :]] = (lag, pending)
+            out[model] = (lag, pending)
         return out
+
+
+def _wait_s(t: float) -> int:
+    """Seconds from `t` until the next minute window starts (at least 1)."""
+    return max(1, int(60 - (t % 60)) + 1)

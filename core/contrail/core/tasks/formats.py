@@ -3,7 +3,12 @@
 Every format is read record by record, so a bad line never stops the others and the API can
 validate an upload while it streams (`LineParser`). JSONL is read line by line; a file whose first
 non-blank character is "[" (StrategyQA's one JSON list) is read whole and split into its elements,
-each keeping the line it starts on.
+each keeping the line it starts on. (The API streams JSON arrays, gzip and Parquet itself:
+`contrail.service.ingest`.)
+
+Parsing never raises on bad input: JSON is decoded with limits (nesting depth, digits of a
+number, finite numbers only, no lone surrogates) and anything a record cannot be turned into an
+Item becomes an ItemError naming its line (or record) and field.
 
 Formats (`fmt`):
 - ``csqa``: CommonsenseQA v1.0 (answerKey, id, question.stem, question.choices[{label,text}]);
@@ -18,7 +23,9 @@ The CSQA formats take CoS-E explanations (joined on id) as the rationale via `ex
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -42,6 +49,13 @@ Source = str | os.PathLike[str] | bytes | Iterable[str] | Iterable[bytes]
 """A path (str or PathLike), a whole file as bytes, or an iterable of lines."""
 
 Explanations = Mapping[str, str] | str | os.PathLike[str] | None
+
+# JSON limits: no real record comes near them, and each guards a failure of the stdlib decoder
+# (RecursionError past ~1000 levels, ValueError past 4,300 digits) or of the later encoding.
+MAX_DEPTH: Final = 32
+MAX_NUMBER_CHARS: Final = 100
+_MAX_INT_BITS: Final = 333  # 10**100 < 2**333
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class LineError(Exception):
@@ -233,6 +247,96 @@ def _validation_error(exc: ValidationError) -> LineError:
     return LineError("invalid_item", path, message)
 
 
+# ---------------------------------------------------------------- bounded JSON
+
+
+def _reject_constant(name: str) -> Any:
+    raise LineError("invalid_json", None, f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise LineError(
+            "number_too_large",
+            None,
+            f"a number has {len(text)} digits (at most {MAX_NUMBER_CHARS})",
+        )
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise LineError(
+            "number_too_large",
+            None,
+            f"a number has {len(text)} characters (at most {MAX_NUMBER_CHARS})",
+        )
+    value = float(text)
+    if not math.isfinite(value):
+        raise LineError("number_too_large", None, f"number {text} is out of range")
+    return value
+
+
+def check_value(value: Any) -> None:
+    """LineError unless a decoded value keeps the JSON limits: depth, finite numbers of bounded
+    size, strings (keys too) that are valid Unicode. Iterative, so any depth is safe to walk."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii():
+                _check_unicode(v)
+        elif isinstance(v, bool) or v is None:
+            continue
+        elif isinstance(v, int):
+            if v.bit_length() > _MAX_INT_BITS:
+                raise LineError(
+                    "number_too_large", None, f"a number has more than {MAX_NUMBER_CHARS} digits"
+                )
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise LineError("invalid_json", None, f"{v} is not valid JSON (not finite)")
+        elif isinstance(v, Mapping | list | tuple):
+            if depth > MAX_DEPTH:
+                raise LineError("too_deep", None, f"nested deeper than {MAX_DEPTH} levels")
+            if isinstance(v, Mapping):
+                stack.extend((k, depth) for k in v)
+                stack.extend((c, depth + 1) for c in v.values())
+            else:
+                stack.extend((c, depth + 1) for c in v)
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LineError(
+            "invalid_json", None, "a string holds a lone surrogate (\\ud800-\\udfff escape)"
+        ) from None
+
+
+def loads_bounded(text: str) -> Any:
+    """`json.loads` within the JSON limits; LineError (never another exception) otherwise."""
+    try:
+        value = _DECODER.decode(text)
+    except LineError:
+        raise
+    except RecursionError:
+        raise LineError("too_deep", None, f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError and any other decoding failure
+        raise LineError("invalid_json", None, f"malformed JSON: {exc}") from None
+    # Walk the value only when the text could break a limit the decoder does not check.
+    deep = text.count("[") + text.count("{") > MAX_DEPTH
+    if deep or ("\\u" in text and _SURROGATE_ESCAPE.search(text)):
+        check_value(value)
+    return value
+
+
+_DECODER: Final = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_bounded_float
+)
+
+
 def _record_id(record: Any) -> str | None:
     """The record's own id, whatever the format calls it, for error messages."""
     if isinstance(record, Mapping):
@@ -257,36 +361,54 @@ class LineParser:
     """Turns records of one input into Items, remembering ids to flag duplicates.
 
     `fmt` None detects the format from the first JSON object seen. Usable on its own by the API
-    to validate a streamed upload line by line.
+    to validate a streamed upload line by line; `track_duplicates=False` leaves duplicate ids to
+    the caller (the API checks them in bounded memory). The returned ItemError's `line` is the
+    line (or, with ``unit="record"``, the record index) it was given.
     """
 
     def __init__(
-        self, task: TaskName, fmt: str | None = None, explanations: Explanations = None
+        self,
+        task: TaskName,
+        fmt: str | None = None,
+        explanations: Explanations = None,
+        *,
+        track_duplicates: bool = True,
     ) -> None:
         if fmt is not None and fmt not in FORMATS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
         self.task = task
         self.format = fmt
         self._explanations = _explanation_map(explanations)
-        self._seen: set[str] = set()
+        self._seen: set[str] | None = set() if track_duplicates else None
 
     def parse(self, line: str | bytes, line_no: int) -> Item | ItemError | None:
-        """One JSONL line -> Item or ItemError; None for a blank line."""
+        """One JSONL line -> Item or ItemError; None for a blank line. Never raises."""
         if isinstance(line, bytes):
             try:
                 line = line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return ItemError(line=line_no, code="not_utf8", message=f"not UTF-8: {exc}")
+                return ItemError(
+                    line=line_no, code="not_utf8", message=f"line {line_no}: not UTF-8: {exc}"
+                )
         line = line.lstrip("\ufeff") if line_no == 1 else line
         if not line.strip():
             return None
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            return ItemError(line=line_no, code="invalid_json", message=f"malformed JSON: {exc}")
+            record = loads_bounded(line)
+        except LineError as err:
+            return ItemError(line=line_no, code=err.code, message=f"line {line_no}: {err.message}")
         return self.parse_record(record, line_no)
 
-    def parse_record(self, record: Any, line_no: int) -> Item | ItemError:
+    def parse_value(self, record: Any, index: int, unit: str = "record") -> Item | ItemError:
+        """A record decoded elsewhere (a JSON-array element, a Parquet row): checked against the
+        JSON limits first, then like `parse_record`."""
+        try:
+            check_value(record)
+        except LineError as err:
+            return ItemError(line=index, code=err.code, message=f"{unit} {index}: {err.message}")
+        return self.parse_record(record, index, unit)
+
+    def parse_record(self, record: Any, line_no: int, unit: str = "line") -> Item | ItemError:
         """One decoded JSON record -> Item or ItemError."""
         try:
             item = self._to_item(record)
@@ -296,17 +418,18 @@ class LineParser:
                 line=line_no,
                 field=err.field,
                 code=err.code,
-                message=f"line {line_no}: {err.message}",
+                message=f"{unit} {line_no}: {err.message}",
             )
-        if item.id in self._seen:
-            return ItemError(
-                item_id=item.id,
-                line=line_no,
-                field="id",
-                code="duplicate_id",
-                message=f"line {line_no}: id {item.id!r} already appeared in this input",
-            )
-        self._seen.add(item.id)
+        if self._seen is not None:
+            if item.id in self._seen:
+                return ItemError(
+                    item_id=item.id,
+                    line=line_no,
+                    field="id",
+                    code="duplicate_id",
+                    message=f"{unit} {line_no}: id {item.id!r} already appeared in this input",
+                )
+            self._seen.add(item.id)
         return item
 
     def _to_item(self, record: Any) -> Item:
@@ -320,7 +443,10 @@ class LineParser:
                 None,
                 f"format {self.format!r} cannot feed task {self.task.value!r}",
             )
-        fields = _CONVERTERS[self.format](record)
+        try:
+            fields = _CONVERTERS[self.format](record)
+        except (TypeError, ValueError, AttributeError) as exc:  # a shape no converter expects
+            raise LineError("invalid_item", None, f"unexpected record shape: {exc}") from None
         if self._explanations and fields.get("rationale") is None:
             fields["rationale"] = self._explanations.get(str(fields.get("id")))
         try:

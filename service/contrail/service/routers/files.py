@@ -1,67 +1,66 @@
-"""Input files: streamed JSONL upload validated line by line, written in shard-sized parts."""
+"""Input files: a streamed upload (JSON lines, a JSON array or Parquet, optionally gzip)
+validated record by record off the event loop, written in shard-sized parts."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
+from starlette.concurrency import run_in_threadpool
 
-from contrail.client.types import Deleted, ErrorDetail, FileObject, Item, ItemError, TaskName
+from contrail.client.types import Deleted, ErrorDetail, FileObject, TaskName
 from contrail.core.jobs import protocol
 from contrail.core.jobs.record import IDS_PER_OBJECT, FileRecord, new_id
 from contrail.core.storage import Storage, file_part_key
-from contrail.core.tasks.formats import LineParser
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
+from contrail.service.ingest import Batch, IngestParser, UploadRejected
 from contrail.service.metrics import UPLOADED_ITEMS
 from contrail.service.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
+# Body bytes handed to the parser per thread hop.
+FEED_BYTES = 1 << 20
 
-class _Upload:
-    """Validates lines and writes accepted items in parts (and their ids in id objects, for exact
-    job totals); stops writing at the first bad line."""
 
-    def __init__(
-        self, file_id: str, task: TaskName, storage: Storage, part_size: int, cap: int
-    ) -> None:
+class _Parts:
+    """Accepted items written in parts (and their ids in id objects, for exact job totals);
+    nothing more is written after the first error, and everything goes on discard."""
+
+    def __init__(self, file_id: str, storage: Storage, part_size: int, cap: int) -> None:
         self.file_id = file_id
-        self.ids: list[str] = []
-        self.id_objects = 0
-        self.parser = LineParser(task)
         self.storage = storage
         self.part_size = part_size
         self.cap = cap
         self.buf: list[bytes] = []
+        self.ids: list[str] = []
         self.parts = 0
+        self.id_objects = 0
         self.items = 0
-        self.line_no = 0
-        self.errors: list[ItemError] = []
+        self.records = 0  # items and rejected records
+        self.errors: list[ErrorDetail] = []
         self.n_errors = 0
 
-    async def line(self, raw: bytes) -> None:
-        self.line_no += 1
-        result = self.parser.parse(raw, self.line_no)
-        if result is None:
-            return
-        if isinstance(result, ItemError):
-            self.n_errors += 1
-            if len(self.errors) < self.cap:
-                self.errors.append(result)
+    async def take(self, batch: Batch) -> None:
+        self.items += len(batch.items)
+        self.records += len(batch.items) + len(batch.errors)
+        if batch.errors:
+            self.n_errors += len(batch.errors)
+            self.errors.extend(batch.errors[: max(0, self.cap - len(self.errors))])
             self.buf.clear()
-            return
-        assert isinstance(result, Item)
-        self.items += 1
+            self.ids.clear()
         if self.n_errors:
             return
-        self.buf.append(result.model_dump_json(exclude_none=True).encode())
-        self.ids.append(result.id)
-        if len(self.buf) >= self.part_size:
-            await self.flush()
-        if len(self.ids) >= IDS_PER_OBJECT:
-            await self.flush_ids()
+        for accepted in batch.items:
+            self.buf.append(accepted.line)
+            self.ids.append(accepted.id)
+            if len(self.buf) >= self.part_size:
+                await self.flush()
+            if len(self.ids) >= IDS_PER_OBJECT:
+                await self.flush_ids()
 
     async def flush(self) -> None:
         if self.buf and not self.n_errors:
@@ -81,20 +80,48 @@ class _Upload:
         await self.storage.delete_prefix_async(f"files/{self.file_id}/")
 
 
-async def _take(up: _Upload, raw: bytes, settings: ApiSettings) -> ApiError | None:
-    """Validate one line; an error that rejects the whole upload at once (413), or None."""
-    if len(raw) > settings.max_line_bytes:
-        return ApiError(
-            413, f"line {up.line_no + 1} is longer than {settings.max_line_bytes} bytes"
-        )
-    await up.line(raw)
-    if up.items > settings.max_queued_items:
-        return ApiError(
-            413,
-            f"the file has more than {settings.max_queued_items} items (the per-tenant "
-            f"queued-items quota) at line {up.line_no}: split it into smaller files and jobs",
-        )
-    return None
+class _Ingest:
+    """Drives an IngestParser from the event loop: each step runs in a worker thread."""
+
+    def __init__(self, parser: IngestParser, parts: _Parts, settings: ApiSettings) -> None:
+        self.parser = parser
+        self.parts = parts
+        self.settings = settings
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+
+    async def add(self, chunk: bytes) -> None:
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if self.pending_bytes >= FEED_BYTES:
+            await self._feed()
+
+    async def finish(self) -> None:
+        await self._feed()
+        await self._drain(self.parser.finish())
+
+    async def _feed(self) -> None:
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            await self._drain(self.parser.feed(data))
+
+    async def _drain(self, batches: Iterator[Batch]) -> None:
+        while (batch := await run_in_threadpool(next, batches, None)) is not None:
+            await self.parts.take(batch)
+            quota = self.settings.max_queued_items
+            if self.parts.items > quota:
+                raise ApiError(
+                    413,
+                    f"the file has more than {quota} items (the per-tenant queued-items quota) "
+                    f"by record {self.parts.records}: split it into smaller files and jobs",
+                )
+
+
+def _rejected(exc: UploadRejected) -> ApiError:
+    detail = ErrorDetail(code=exc.code, message=exc.message)
+    return ApiError(exc.status, exc.message, details=[detail])
 
 
 @router.post(
@@ -107,8 +134,14 @@ async def _take(up: _Upload, raw: bytes, settings: ApiSettings) -> ApiError | No
         "requestBody": {
             "required": True,
             "content": {
-                "application/jsonl": {"schema": {"type": "string", "format": "binary"}},
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                media: {"schema": {"type": "string", "format": "binary"}}
+                for media in (
+                    "application/jsonl",
+                    "application/json",
+                    "application/gzip",
+                    "application/vnd.apache.parquet",
+                    "application/octet-stream",
+                )
             },
         }
     },
@@ -122,75 +155,84 @@ async def upload_file(
     task: Annotated[TaskName, Query(description="Task the items are for.")] = TaskName.GENERIC,
     filename: Annotated[str | None, Query(max_length=256)] = None,
 ) -> FileObject:
-    """Upload a JSONL file of items (any supported task format). The body is streamed and
-    validated line by line; any bad line rejects the whole file (422, nothing stored)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise ApiError(413, f"body of {declared} bytes exceeds {settings.max_upload_bytes} bytes")
+    """Upload an input file: JSON lines, one JSON array, or Parquet, each optionally gzip-
+    compressed (detected from the content; a '.parquet' or '.gz' name must match it), holding
+    records of any supported task format. The body is streamed and validated record by record;
+    any bad record rejects the whole file (422 naming its line, or its record index for arrays
+    and Parquet; nothing stored)."""
     file_id = new_id("file")
-    up = _Upload(file_id, task, storage, settings.shard_size, settings.max_error_details)
+    parts = _Parts(file_id, storage, settings.shard_size, settings.max_error_details)
+    parser = IngestParser(
+        task,
+        filename=filename,
+        max_line_bytes=settings.max_line_bytes,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        scratch_dir=settings.upload_scratch_dir,
+    )
+    ingest = _Ingest(parser, parts, settings)
     size = 0
-    rest = b""
     reject: ApiError | None = None  # decided early; the rest of the body is drained unread
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > settings.max_upload_bytes:
+            if size > settings.max_upload_bytes:  # no Content-Length: counted here too
                 raise ApiError(413, f"body exceeds {settings.max_upload_bytes} bytes")
-            if reject is not None:
-                continue
-            data = rest + chunk if rest else chunk
-            lines = data.split(b"\n")
-            rest = lines.pop()
-            for raw in lines:
-                reject = await _take(up, raw, settings)
-                if reject is not None:
-                    break
-            if reject is None and len(rest) > settings.max_line_bytes:
-                reject = ApiError(
-                    413, f"line {up.line_no + 1} is longer than {settings.max_line_bytes} bytes"
-                )
-        if reject is None and rest:
-            reject = await _take(up, rest, settings)
+            if reject is None:
+                try:
+                    await ingest.add(chunk)
+                except UploadRejected as exc:
+                    reject = _rejected(exc)
+                except ApiError as exc:
+                    reject = exc
+        if reject is None:
+            try:
+                await ingest.finish()
+            except UploadRejected as exc:
+                reject = _rejected(exc)
         if reject is not None:
             raise reject
-        if up.n_errors:
-            shown = len(up.errors)
-            raise ApiError(
-                422,
-                f"{up.n_errors} invalid line(s) of {up.line_no}; nothing was stored"
-                + (f" (first {shown} listed)" if shown < up.n_errors else ""),
-                details=[
-                    ErrorDetail(line=e.line, field=e.field, code=e.code, message=e.message)
-                    for e in up.errors
-                ],
-            )
-        if up.items == 0:
-            raise ApiError(
-                422,
-                "the file holds no items",
-                details=[ErrorDetail(code="empty_input", message="no non-blank lines")],
-            )
-        await up.flush()
-        await up.flush_ids()
+        _check_records(parts, "line" if parser.container == "jsonl" else "record")
+        await parts.flush()
+        await parts.flush_ids()
     except BaseException:
-        await up.discard()
+        await parts.discard()
         raise
+    finally:
+        await run_in_threadpool(parser.close)
     record = FileRecord(
         id=file_id,
         tenant=tenant,
         filename=filename,
         bytes=size,
-        items=up.items,
+        items=parts.items,
         task=task,
-        format=up.parser.format or "generic",
+        format=parser.format,
+        container=parser.container or "jsonl",
+        compression=parser.compression,
         created_at=time.time(),
-        parts=up.parts,
-        part_size=up.part_size,
+        parts=parts.parts,
+        part_size=parts.part_size,
     )
     await store.save_file(record)
-    UPLOADED_ITEMS.inc(up.items)
+    UPLOADED_ITEMS.inc(parts.items)
     return record.to_file()
+
+
+def _check_records(parts: _Parts, unit: str) -> None:
+    if parts.n_errors:
+        shown = len(parts.errors)
+        raise ApiError(
+            422,
+            f"{parts.n_errors} invalid {unit}(s) of {parts.records}; nothing was stored"
+            + (f" (first {shown} listed)" if shown < parts.n_errors else ""),
+            details=parts.errors,
+        )
+    if parts.items == 0:
+        raise ApiError(
+            422,
+            "the file holds no items",
+            details=[ErrorDetail(code="empty_input", message="no records")],
+        )
 
 
 @router.get("/{file_id}", operation_id="get_file", responses=error_responses(401, 404))

@@ -1,14 +1,15 @@
-"""Liveness, readiness and Prometheus metrics (no authentication)."""
+"""Liveness and readiness (no authentication) and Prometheus metrics (their own token)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from contrail.service.deps import RedisDep, StorageDep, StoreDep
+from contrail.service.deps import RedisDep, StorageDep, StoreDep, metrics_access
+from contrail.service.errors import error_responses
 from contrail.service.metrics import render
 
 router = APIRouter(tags=["health"])
@@ -46,7 +47,11 @@ async def readyz(redis: RedisDep, storage: StorageDep) -> JSONResponse:
     "/metrics",
     operation_id="metrics",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **error_responses(401, 404, 429),
+    },
+    dependencies=[Depends(metrics_access)],
 )
 async def metrics(redis: RedisDep, store: StoreDep) -> Response:
     return Response(await render(redis, store), media_type=CONTENT_TYPE_LATEST)

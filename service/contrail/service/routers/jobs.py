@@ -29,6 +29,7 @@ from contrail.service.creation import JobSpec
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
 from contrail.service.resubmit import resubmission_input
+from contrail.service.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -46,16 +47,23 @@ async def _job_or_404(store: AsyncJobStore, tenant: str, job_id: str) -> JobReco
     return record
 
 
-async def _check_model(store: AsyncJobStore, model: str, require_live: bool) -> None:
-    if not require_live:
+async def _check_model(store: AsyncJobStore, model: str, settings: ApiSettings) -> None:
+    """A job's model must be served by a live worker or declared by the deployment (its jobs
+    then wait in the queue until a worker for it starts)."""
+    if not settings.require_live_worker or model in settings.declared:
         return
     served = await store.served_models()
     if model not in served:
         raise ApiError(
             422,
-            f"no live worker serves model {model!r}; served: "
-            + (", ".join(sorted(served)) or "none"),
-            details=[ErrorDetail(field="model", code="unknown_model", message="not served")],
+            f"no live worker serves model {model!r} and the deployment does not declare it; "
+            "served: "
+            + (", ".join(sorted(served)) or "none")
+            + "; declared: "
+            + (", ".join(sorted(settings.declared)) or "none"),
+            details=[
+                ErrorDetail(field="model", code="unknown_model", message="not served or declared")
+            ],
         )
 
 
@@ -91,7 +99,8 @@ async def create_job(
         if earlier is not None and (replayed := await store.job(tenant, earlier)) is not None:
             return replayed.to_job()
 
-    await _check_model(store, body.model, settings.require_live_worker)
+    await _check_model(store, body.model, settings)
+    template = creation.checked_template(body.template)
     job_id = new_id("job")
     task = body.task
     if body.input_file_id is not None:
@@ -126,6 +135,7 @@ async def create_job(
         metadata=body.metadata,
         completion_window=body.completion_window,
         quality=body.quality,
+        template=template,
     )
     record = creation.new_record(job_id, spec, job_input, time.time())
     created = await creation.create(store, storage, settings, record, job_input, idempotency)
@@ -210,7 +220,7 @@ async def resubmit_job(
     old = await _job_or_404(store, tenant, job_id)
     if old.status not in states.TERMINAL:
         raise ApiError(409, f"job {job_id} is {old.status.value}: resubmit it once it has ended")
-    await _check_model(store, old.model, settings.require_live_worker)
+    await _check_model(store, old.model, settings)
     new_job_id = new_id("job")
     job_input = await resubmission_input(storage, store, old, new_job_id, settings.shard_size)
     if job_input.items == 0:
@@ -226,6 +236,7 @@ async def resubmit_job(
         metadata={**(old.metadata or {}), "resubmitted_from": job_id},
         completion_window=old.completion_window,
         quality=old.quality,
+        template=old.template,
     )
     record = creation.new_record(new_job_id, spec, job_input, time.time())
     return (await creation.create(store, storage, settings, record, job_input, None)).to_job()

@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import git_sha
+
 from contrail.client.types import (
     DecodingMode,
     FinishReason,
@@ -43,7 +46,13 @@ from contrail.worker.eval_las import (
     evaluate_las,
     paired_difference,
 )
-from contrail.worker.eval_simulator import DEFAULT_FOLDS, DEFAULT_LAYER, TrainedSimulator
+from contrail.worker.eval_simulator import (
+    DEFAULT_FOLDS,
+    DEFAULT_LAYER,
+    HiddenStateEncoder,
+    TrainedSimulator,
+    Training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -51,7 +60,7 @@ TASKS: dict[str, tuple[TaskName, Path]] = {
     "StrategyQA": (TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json"),
     "CREAK": (TaskName.CREAK, DATA / "creak" / "dev.json"),
 }
-TRAIN: dict[str, Path] = {
+TRAIN: dict[str, Path] = {  # read only by scripts/train_las_heads.py
     "StrategyQA": DATA / "strategyqa" / "train.json",
     "CREAK": DATA / "creak" / "train.json",
 }
@@ -155,53 +164,62 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SIMULATORS = ("head", "cross-fit", "zero-shot")
+
+
+def make_simulator(
+    kind: str, args: argparse.Namespace, encoder: HiddenStateEncoder | None
+) -> Simulator | RecordSimulator:
+    if kind == "zero-shot":
+        return LikelihoodSimulator(args.simulator)
+    assert encoder is not None
+    training: Training = "head" if kind == "head" else "cross-fit"
+    return TrainedSimulator(encoder=encoder, folds=args.folds, seed=args.seed, training=training)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", default="StrategyQA,CREAK", help="comma-separated (both)")
     p.add_argument("--strategyqa-limit", type=int, default=None, help="first N dev items (all)")
     p.add_argument("--creak-limit", type=int, default=None, help="first N dev items (all)")
+    p.add_argument(
+        "--simulators",
+        default="head,cross-fit",
+        help="comma-separated, of: head (trained simulator, the committed head of the task: the\n"
+        "default of contrail eval), cross-fit (trained simulator cross-fitted on the dev\n"
+        "records), zero-shot (default: head,cross-fit)",
+    )
     p.add_argument("--simulator", default="smollm2-135m")
     p.add_argument("--layer", type=int, default=DEFAULT_LAYER)
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS)
-    p.add_argument("--zero-shot", action="store_true", help="also run the zero-shot simulator")
-    p.add_argument(
-        "--train-split",
-        action="store_true",
-        help="train the simulator on the task's training split (human rationales) instead of\n"
-        "cross-fitting it on the dev records",
-    )
-    p.add_argument("--train-limit", type=int, default=2061, help="first N training items (2061)")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: library default)")
+    p.add_argument("--feature-store", type=Path, default=None, help="SQLite cache of states")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "quality" / "validation.json")
     args = p.parse_args(argv)
+    kinds = args.simulators.split(",")
+    if unknown := set(kinds) - set(SIMULATORS):
+        p.error(f"unknown simulators: {sorted(unknown)}")
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
     limits = {"StrategyQA": args.strategyqa_limit, "CREAK": args.creak_limit}
     start = time.perf_counter()
-    trained = TrainedSimulator(args.simulator, layer=args.layer, folds=args.folds, seed=args.seed)
-    zero_shot = LikelihoodSimulator(args.simulator) if args.zero_shot else None
+    encoder = None
+    if {"head", "cross-fit"} & set(kinds):
+        encoder = HiddenStateEncoder(args.simulator, layer=args.layer, store=args.feature_store)
     results: dict[str, dict[str, Any]] = {}
     for task, (task_name, path) in TASKS.items():
         if task not in args.tasks.split(","):
             continue
         human, shuffled = human_records(task_name, path, limits[task], args.seed)
-        if args.train_split:
-            train, _ = human_records(task_name, TRAIN[task], args.train_limit, args.seed)
-            trained = TrainedSimulator(
-                encoder=trained.encoder,
-                seed=args.seed,
-                train_records=train,
-                train_source=f"{task} train, first {len(train)} items, human rationales",
+        for kind in kinds:
+            label = {"head": "trained (committed head)", "cross-fit": "trained (cross-fit)"}.get(
+                kind, kind
             )
-        label = "trained (train split)" if args.train_split else "trained (cross-fit)"
-        sims: list[tuple[str, Simulator | RecordSimulator]] = [(label, trained)]
-        if zero_shot is not None:
-            sims.append(("zero-shot", zero_shot))
-        for label, sim in sims:
+            sim = make_simulator(kind, args, encoder)
             results[f"{task}/{label}"] = validate(
                 label, sim, human, shuffled, args.bootstrap, args.seed
             )
@@ -217,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for k, v in vars(args).items()
         },
+        "provenance": git_sha(),
         "total_seconds": round(time.perf_counter() - start, 1),
         "results": results,
         "table": table(results),
@@ -224,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     print(payload["table"])
-    return 0 if all(all(r["passes"].values()) for k, r in results.items() if "trained" in k) else 1
+    return 0 if all(all(r["passes"].values()) for k, r in results.items() if "head" in k) else 1
 
 
 if __name__ == "__main__":

@@ -33,7 +33,14 @@ from contrail.worker.eval_las import (
     las_from_simulated,
     paired_difference,
 )
-from contrail.worker.eval_simulator import DEFAULT_FOLDS, DEFAULT_LAYER, TrainedSimulator
+from contrail.worker.eval_simulator import (
+    DEFAULT_FOLDS,
+    DEFAULT_LAYER,
+    TRAININGS,
+    HiddenStateEncoder,
+    TrainedSimulator,
+    Training,
+)
 from contrail.worker.evaluation import (
     ComparisonRow,
     QualitySummary,
@@ -60,7 +67,16 @@ MODES: dict[str, tuple[DecodingMode, Perturbation]] = {
 _SIMULATOR: Simulator | RecordSimulator | None = None
 
 
-def _init_evaluator(model: str, kind: str, layer: int, folds: int, seed: int, threads: int) -> None:
+def _init_evaluator(
+    model: str,
+    kind: str,
+    layer: int,
+    folds: int,
+    seed: int,
+    threads: int,
+    training: Training = "auto",
+    store: Path | None = None,
+) -> None:
     """Runs in the evaluation process: one simulator for all datasets (its feature or score
     cache then serves the question-only condition of every mode from one computation)."""
     global _SIMULATOR
@@ -71,7 +87,8 @@ def _init_evaluator(model: str, kind: str, layer: int, folds: int, seed: int, th
     if kind == "zero-shot":
         _SIMULATOR = LikelihoodSimulator(model)
     else:
-        _SIMULATOR = TrainedSimulator(model, layer=layer, folds=folds, seed=seed)
+        encoder = HiddenStateEncoder(model, layer=layer, store=store)
+        _SIMULATOR = TrainedSimulator(encoder=encoder, folds=folds, seed=seed, training=training)
 
 
 def _evaluate(
@@ -151,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--simulator-kind", choices=["trained", "zero-shot"], default="trained")
     p.add_argument("--simulator-layer", type=int, default=DEFAULT_LAYER)
     p.add_argument("--folds", type=int, default=DEFAULT_FOLDS)
+    p.add_argument(
+        "--simulator-training",
+        choices=TRAININGS,
+        default="auto",
+        help="trained simulator: the committed head of the task (auto, head) or cross-fit",
+    )
+    p.add_argument("--feature-store", type=Path, default=None, help="SQLite cache of states")
     p.add_argument("--calibration", choices=["batch", "none"], default="batch")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
@@ -191,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             args.folds,
             args.seed,
             args.threads,
+            args.simulator_training,
+            args.feature_store,
         ),
     )
     futures: dict[tuple[str, str], Future[tuple[dict[str, Any], list[dict[str, Any]]]]] = {}

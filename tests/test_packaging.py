@@ -50,7 +50,7 @@ def test_every_source_module_and_data_file_is_in_the_wheel(wheel: Path) -> None:
         if path.is_file()
         and "__pycache__" not in path.parts
         and (
-            path.suffix in (".py", ".jsonl", ".js", ".css", ".html", ".svg")
+            path.suffix in (".py", ".jsonl", ".npz", ".js", ".css", ".html", ".svg")
             or path.name == "py.typed"
         )
     }

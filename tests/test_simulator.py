@@ -1,14 +1,18 @@
 """The trained LAS simulator: class mapping, cross-fitting by item, training on separate records,
-provenance, and a small validation on real CREAK dev rationales (human vs shuffled)."""
+the committed heads (tied to their reader, the default for their task), provenance, and a
+validation on real dev rationales (human vs shuffled)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from contrail.client.types import Tag, TaskName
+from contrail.worker.eval_heads import HeadMismatch, LinearHead, SimulatorHead, builtin_head
 from contrail.worker.eval_las import evaluate_las, paired_difference, record_options
 from contrail.worker.eval_simulator import (
     HiddenStateEncoder,
@@ -44,6 +48,22 @@ def test_folds_keep_an_items_records_together() -> None:
     assert set(folds) == set(range(5))
     assert min(folds.count(k) for k in range(5)) > 60  # roughly even
     assert [fold_of(f"item-{i}", 5, 1) for i in range(50)] != folds[:50]  # the seed matters
+
+
+def test_linear_head_round_trips_and_matches_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    for k in (2, 3):  # binary (one logit) and multinomial heads
+        feats = {c: rng.normal(size=(60, 5)).astype(np.float32) for c in ("qr", "q", "r")}
+        y = np.arange(60) % k
+        head = LinearHead.fit(feats, y, c=1.0)  # type: ignore[arg-type]
+        saved = SimulatorHead(TaskName.CSQA, head, np.zeros((3, 5)), {"format": 1, "model": "m"})
+        loaded = SimulatorHead.from_bytes(saved.to_bytes()).head
+        x = np.vstack([head.rows(c, feats) for c in ("qr", "q", "r")])  # type: ignore[arg-type]
+        reference = LogisticRegression(C=1.0, max_iter=5000).fit(x, np.concatenate([y] * 3))
+        ours = loaded.proba("qr", feats, k)  # type: ignore[arg-type]
+        np.testing.assert_allclose(ours, reference.predict_proba(head.rows("qr", feats)), atol=1e-4)  # type: ignore[arg-type]
 
 
 def cue_records(n: int, *, shuffled: bool = False, prefix: str = "s") -> list:  # type: ignore[type-arg]
@@ -144,6 +164,57 @@ def test_eval_cli_trained_simulator_writes_provenance(
     assert "simulator `" in report and "cross-fitted" in report
     with pytest.raises(ValueError, match="train-data"):
         main([*args, "--train-data", str(tmp_path / "missing.jsonl")])
+
+
+@pytest.fixture(scope="module")
+def smollm2_encoder(smollm2_path: Path) -> HiddenStateEncoder:
+    # by name, as `contrail eval` does: the committed heads know their reader by this name
+    return HiddenStateEncoder("smollm2-135m", layer=16, cache_dir=smollm2_path.parent)
+
+
+@pytest.mark.parametrize("task", [TaskName.STRATEGYQA, TaskName.CREAK])
+def test_committed_heads_are_tied_to_their_reader(
+    task: TaskName, smollm2_encoder: HiddenStateEncoder, tiny_encoder: HiddenStateEncoder
+) -> None:
+    head = builtin_head(task)
+    assert head is not None and (head.model, head.layer) == ("smollm2-135m", 16)
+    assert "train" in head.meta["train_source"] and head.meta["train_items"] >= 2000
+    head.check_reader(smollm2_encoder)  # the reader it was trained on
+    with pytest.raises(HeadMismatch, match="smollm2-135m layer 16, not on"):
+        head.check_reader(tiny_encoder)
+    stale = dataclasses.replace(head, meta={**head.meta, "prompt_sha256": "0" * 64})
+    with pytest.raises(HeadMismatch, match="another prompt format"):
+        stale.check_reader(smollm2_encoder)
+    # other weights under the same name and layer read the probe prompts differently
+    other = dataclasses.replace(head, probe=head.probe * 1.01)
+    with pytest.raises(HeadMismatch, match="reads the probe prompts differently"):
+        other.check_reader(smollm2_encoder)
+    records = cue_records(24) if task is TaskName.STRATEGYQA else []
+    if records:  # asking for the head with another reader is an error, not a fallback
+        with pytest.raises(HeadMismatch):
+            evaluate_las(records, TrainedSimulator(encoder=tiny_encoder, training="head"))
+
+
+def test_committed_head_is_the_default_for_its_task(smollm2_encoder: HiddenStateEncoder) -> None:
+    claims = [
+        ("The sun rises in the east.", "true", "The sun rises in the east every morning."),
+        ("Cats can fly.", "false", "Cats have no wings and cannot fly."),
+        ("Water is wet.", "true", "Water makes things wet."),
+        ("Paris is in Spain.", "false", "Paris is the capital of France."),
+    ]
+    records = [
+        make_record(f"c{i}", why, question=q, answer=a, task=TaskName.CREAK)
+        for i, (q, a, why) in enumerate(claims)
+    ]
+    # four items: too few to cross-fit, so only the committed head can have scored them
+    result, _ = evaluate_las(records, TrainedSimulator(encoder=smollm2_encoder), reps=20)
+    info = result.simulator_info
+    assert result.scored == 4 and info is not None and info.folds is None
+    assert "train_las_heads.py" in info.training and "CREAK train" in info.training
+    assert info.head is not None and "committed creak head" in info.head
+    assert info.head_train_seconds is not None and info.head_train_seconds > 0
+    with pytest.raises(ValueError, match="at least 20 scorable items"):
+        evaluate_las(records, TrainedSimulator(encoder=smollm2_encoder, training="cross-fit"))
 
 
 @needs_data

@@ -30,6 +30,7 @@ from contrail.client.types import (
     Job,
     JobCreate,
     JobList,
+    QualitySettings,
     RationaleRecord,
     TaskName,
 )
@@ -56,6 +57,7 @@ def _create_options(
     metadata: Mapping[str, str] | None,
     completion_window: str,
     idempotency_key: str | None,
+    quality: QualitySettings | Mapping[str, Any] | None = None,
     template: str | None = None,
 ) -> RequestOptions:
     body = JobCreate.model_validate(
@@ -80,6 +82,7 @@ def _create_options(
             ),
             "metadata": dict(metadata) if metadata is not None else None,
             "completion_window": completion_window,
+            "quality": (quality.model_dump() if isinstance(quality, QualitySettings) else quality),
             "template": template,
         }
     )
@@ -177,6 +180,7 @@ class Jobs:
         metadata: Mapping[str, str] | None = None,
         completion_window: str = "24h",
         idempotency_key: str | None = None,
+        quality: QualitySettings | Mapping[str, Any] | None = None,
         template: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
@@ -185,7 +189,8 @@ class Jobs:
         idempotency key is generated once and sent with every retry. After
         ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``. ``template`` is a
         prompt block template with {question}, {choices} and {answer} (docs/API.md), checked by
-        the server (422 naming the problem)."""
+        the server (422 naming the problem). ``quality={"las": True}`` adds LAS to the manifest
+        (docs/QUALITY.md)."""
         options = _create_options(
             model=model,
             task=task,
@@ -196,6 +201,7 @@ class Jobs:
             metadata=metadata,
             completion_window=completion_window,
             idempotency_key=idempotency_key,
+            quality=quality,
             template=template,
         )
         response = self._client.request(options)
@@ -348,6 +354,7 @@ class AsyncJobs:
         metadata: Mapping[str, str] | None = None,
         completion_window: str = "24h",
         idempotency_key: str | None = None,
+        quality: QualitySettings | Mapping[str, Any] | None = None,
         template: str | None = None,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
@@ -356,7 +363,8 @@ class AsyncJobs:
         idempotency key is generated once and sent with every retry. After
         ``completion_window`` ("24h", "90m", "7d") the job ends ``expired``. ``template`` is a
         prompt block template with {question}, {choices} and {answer} (docs/API.md), checked by
-        the server (422 naming the problem)."""
+        the server (422 naming the problem). ``quality={"las": True}`` adds LAS to the manifest
+        (docs/QUALITY.md)."""
         options = _create_options(
             model=model,
             task=task,
@@ -367,6 +375,7 @@ class AsyncJobs:
             metadata=metadata,
             completion_window=completion_window,
             idempotency_key=idempotency_key,
+            quality=quality,
             template=template,
         )
         response = await self._client.request(options)

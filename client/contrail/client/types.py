@@ -290,6 +290,17 @@ class FileObject(BaseModel):
     created_at: int
 
 
+class QualitySettings(_Strict):
+    """Rationale-quality measurements a job asks for at finalization (docs/QUALITY.md)."""
+
+    las: bool = Field(
+        default=False,
+        description="Compute LAS (leakage-adjusted simulatability) with the trained simulator "
+        "when the job is finalized, into manifest.quality.las. It runs a language model over "
+        "every record (three prompts each), so finalization takes longer.",
+    )
+
+
 class JobCreate(_Strict):
     """Create a rationale-generation job from an uploaded file or inline items (exactly one)."""
 
@@ -324,6 +335,7 @@ class JobCreate(_Strict):
         ]
         | None
     ) = Field(default=None, max_length=16)
+    quality: QualitySettings | None = None
     completion_window: str = Field(
         default="24h",
         pattern=COMPLETION_WINDOW_PATTERN,
@@ -370,6 +382,7 @@ class Job(BaseModel):
     request_counts: RequestCounts
     usage: Usage = Field(default_factory=Usage)
     metadata: dict[str, str] | None = None
+    quality: QualitySettings | None = None
     error: str | None = Field(default=None, description="Why the job failed, if it did.")
     completion_window: str = "24h"
     created_at: int
@@ -475,6 +488,7 @@ class Manifest(BaseModel):
     metadata: dict[str, str] | None = None
     quality: dict[str, Any] | None = Field(
         default=None,
-        description="Cheap rationale-quality signals of the dataset (docs/QUALITY.md); run "
-        "`contrail eval` for LAS.",
+        description="Cheap rationale-quality signals of the dataset (docs/QUALITY.md), and LAS "
+        "when the job asked for it (quality.las); else run `contrail eval` for LAS.",
     )
+    quality_settings: QualitySettings | None = None

@@ -22,6 +22,7 @@ from contrail.client.types import (
     ErrorDetail,
     Item,
     JobStatus,
+    QualitySettings,
     TaskName,
     completion_window_seconds,
 )
@@ -166,6 +167,7 @@ class JobSpec:
     demonstrations: list[Demonstration] | None
     metadata: dict[str, str] | None
     completion_window: str
+    quality: QualitySettings | None = None
     template: str | None = None
 
 
@@ -180,6 +182,7 @@ def new_record(job_id: str, spec: JobSpec, job_input: JobInput, now: float) -> J
         demonstrations=spec.demonstrations,
         template=spec.template,
         metadata=spec.metadata,
+        quality=spec.quality,
         input_file_id=job_input.input_file_id,
         input_prefix=job_input.prefix,
         items=job_input.items,

@@ -166,10 +166,17 @@ def register(registry: CommandRegistry) -> None:
         "--simulator-layer", type=int, default=16, help="hidden layer the trained simulator reads"
     )
     p.add_argument(
+        "--simulator-training",
+        choices=["auto", "head", "cross-fit"],
+        default="auto",
+        help="auto: the committed head of the dataset's task when there is one (StrategyQA, "
+        "CREAK), else cross-fit on the dataset; head: insist on it; cross-fit: always",
+    )
+    p.add_argument(
         "--train-data",
         type=Path,
         default=None,
-        help="records to train the simulator on (default: cross-fit on each dataset)",
+        help="records to train the simulator on (overrides --simulator-training)",
     )
     p.add_argument("--folds", type=int, default=5, help="cross-fitting folds by item")
     p.add_argument(

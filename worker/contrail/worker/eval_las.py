@@ -91,7 +91,12 @@ class SimulatorInfo(BaseModel):
     folds: int | None = None
     seed: int | None = None
     feature_seconds: float = Field(description="model forward passes (features or scores)")
-    train_seconds: float = 0.0
+    train_seconds: float = Field(default=0.0, description="fitting heads in this run")
+    head_train_seconds: float | None = Field(
+        default=None,
+        description="a committed head: what training it took when it was made (features of the "
+        "training records + fitting), in seconds",
+    )
 
 
 @runtime_checkable

@@ -32,6 +32,7 @@ items that are also evaluated are left out of training.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,9 +40,10 @@ from typing import Any, Final, Literal
 
 import numpy as np
 
-from contrail.client.types import RationaleRecord
+from contrail.client.types import RationaleRecord, TaskName
 from contrail.core.tasks.perturb import BINARY_CHOICES, unit_hash
 from contrail.core.tasks.prompts import shows_choices
+from contrail.worker.eval_heads import LinearHead, SimulatorHead, builtin_head
 from contrail.worker.eval_las import (
     CONDITIONS,
     Condition,
@@ -96,6 +98,7 @@ class HiddenStateEncoder:
         layer: int = DEFAULT_LAYER,
         cache_dir: str | Path | None = None,
         max_batch_tokens: int = 4096,
+        store: str | Path | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -117,11 +120,23 @@ class HiddenStateEncoder:
         self.dim = int(lm.config.hidden_size)
         self._max_batch_tokens = max_batch_tokens
         self._cache: dict[str, np.ndarray] = {}
+        self._store = FeatureStore(store, f"{spec.path.resolve()}|{layer}") if store else None
         self.seconds = 0.0  # time spent in forward passes (all calls)
+        self.stored_seconds = 0.0  # what the states read from `store` cost when computed
+
+    def forget(self) -> None:
+        """Empty the per-prompt cache and the timers (a long-lived reader, between jobs)."""
+        self._cache.clear()
+        self.seconds = self.stored_seconds = 0.0
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         start = time.perf_counter()
         todo = sorted({t for t in texts if t not in self._cache})
+        if self._store is not None and todo:
+            stored, cost = self._store.get(todo)
+            self._cache.update(stored)
+            self.stored_seconds += cost
+            todo = [t for t in todo if t not in self._cache]
         ids = {t: list(self._tok(t, add_special_tokens=False)["input_ids"]) for t in todo}
         todo.sort(key=lambda t: len(ids[t]))
         i = 0
@@ -137,6 +152,7 @@ class HiddenStateEncoder:
         return np.stack([self._cache[t] for t in texts])
 
     def _run(self, seqs: list[list[int]], texts: list[str]) -> None:
+        start = time.perf_counter()
         torch = self._torch
         pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
         width = max(len(s) for s in seqs)
@@ -155,29 +171,68 @@ class HiddenStateEncoder:
             )
         # hidden_states[layer] is the residual stream after `layer` blocks, before the final norm.
         states = out.hidden_states[self.layer][:, -1].float().numpy()
-        for text, row in zip(texts, states, strict=True):
-            self._cache[text] = row.astype(np.float32)
+        rows = {text: row.astype(np.float32) for text, row in zip(texts, states, strict=True)}
+        self._cache.update(rows)
+        if self._store is not None:
+            self._store.put(rows, time.perf_counter() - start)
 
 
-class _Slots:
-    """Per-slot standardisation fitted on training rows (see the module docstring)."""
+class FeatureStore:
+    """Hidden states kept on disk across runs (a SQLite file keyed by a SHA-256 of the reader
+    and the prompt), for benchmarks and head training that read the same prompts many times."""
 
-    def __init__(self, q: np.ndarray, r: np.ndarray, qr: np.ndarray) -> None:
-        self.stats = [(x.mean(0), x.std(0) + 1e-6) for x in (q, r, qr)]
+    def __init__(self, path: str | Path, reader: str) -> None:
+        import sqlite3
 
-    def rows(self, cond: Condition, q: np.ndarray, r: np.ndarray, qr: np.ndarray) -> np.ndarray:
-        n = q.shape[0]
-        parts = []
-        present = {"qr": (True, True, True), "q": (True, False, False), "r": (False, True, False)}
-        for on, x, (mean, std) in zip(present[cond], (q, r, qr), self.stats, strict=True):
-            parts.append((x - mean) / std if on else np.zeros_like(x))
-        flags = np.array([[cond != "r", cond != "q"]] * n, dtype=np.float32).reshape(n, 2)
-        return np.hstack([*parts, flags])
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path))
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY, vec BLOB, seconds REAL)"
+        )
+        self._reader = reader
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha256(f"{self._reader}\x00{text}".encode()).hexdigest()
+
+    def get(self, texts: Sequence[str]) -> tuple[dict[str, np.ndarray], float]:
+        """The stored states of `texts` (those it has), and what computing them once cost."""
+        keys = {self._key(t): t for t in texts}
+        out: dict[str, np.ndarray] = {}
+        cost = 0.0
+        names = list(keys)
+        for i in range(0, len(names), 500):
+            chunk = names[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT key, vec, seconds FROM states WHERE key IN ({marks})"
+            for key, blob, seconds in self._db.execute(query, chunk):
+                out[keys[key]] = np.frombuffer(blob, dtype=np.float32).copy()
+                cost += seconds
+        return out, cost
+
+    def put(self, rows: dict[str, np.ndarray], seconds: float) -> None:
+        """Store `rows`, computed together in `seconds` (shared out evenly)."""
+        each = seconds / max(1, len(rows))
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
+                [(self._key(t), v.astype(np.float32).tobytes(), each) for t, v in rows.items()],
+            )
+
+
+Training = Literal["auto", "head", "cross-fit"]  # the `--simulator-training` choices
+TRAININGS: Final[tuple[Training, ...]] = ("auto", "head", "cross-fit")
 
 
 class TrainedSimulator:
-    """Frozen LM features + a logistic head (module docstring). `predict` trains and predicts;
-    `info` says how the last `predict` was trained and how long it took."""
+    """Frozen LM features + a logistic head (module docstring). `predict` trains (or loads) and
+    predicts; `info` says how the last `predict` was trained and how long it took.
+
+    Where the head comes from, in order: `train_records` when given (trained once on them);
+    else with `training="auto"` (the default) the committed head of the records' task
+    (`eval_heads.builtin_head`) when every scorable record is of one task that has one and this
+    simulator reads with the model and layer it was trained on, else cross-fitting;
+    `training="head"` insists on the committed head (an error when there is none or it belongs to
+    another reader); `training="cross-fit"` always cross-fits."""
 
     kind: Final = "trained"
 
@@ -191,6 +246,7 @@ class TrainedSimulator:
         seed: int = 0,
         train_records: Sequence[RationaleRecord] | None = None,
         train_source: str | None = None,
+        training: Training = "auto",
         encoder: HiddenStateEncoder | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
@@ -198,12 +254,16 @@ class TrainedSimulator:
             raise ValueError("folds must be at least 2")
         if c <= 0:
             raise ValueError("c must be positive")
+        if training not in TRAININGS:
+            raise ValueError(f"training must be one of {', '.join(TRAININGS)}")
         self.encoder = encoder or HiddenStateEncoder(model, layer=layer, cache_dir=cache_dir)
         self.c = c
         self.folds = folds
         self.seed = seed
         self.train_records = list(train_records) if train_records is not None else None
         self.train_source = train_source
+        self.training = training
+        self._checked: set[TaskName] = set()  # committed heads whose reader was checked
         self._info: SimulatorInfo | None = None
 
     @property
@@ -229,28 +289,39 @@ class TrainedSimulator:
         test: dict[Condition, np.ndarray],
         n_classes: int,
     ) -> dict[Condition, np.ndarray]:
-        from sklearn.linear_model import LogisticRegression
+        head = LinearHead.fit(train, y, self.c)
+        return {c: head.proba(c, test, n_classes) for c in CONDITIONS}
 
-        slots = _Slots(train["q"], train["r"], train["qr"])
-        x = np.vstack([slots.rows(c, train["q"], train["r"], train["qr"]) for c in CONDITIONS])
-        labels = np.concatenate([y] * len(CONDITIONS))
-        seen = np.unique(labels)
-        out: dict[Condition, np.ndarray] = {}
-        if seen.size < 2:  # one class in training: the head can only say that class
-            for c in CONDITIONS:
-                probs = np.zeros((test[c].shape[0], n_classes))
-                probs[:, int(seen[0])] = 1.0
-                out[c] = probs
-            return out
-        head = LogisticRegression(C=self.c, max_iter=5000).fit(x, labels)
-        for c in CONDITIONS:
-            probs = np.zeros((test[c].shape[0], n_classes))
-            if test[c].shape[0]:
-                probs[:, head.classes_] = head.predict_proba(
-                    slots.rows(c, test["q"], test["r"], test["qr"])
-                )
-            out[c] = probs
-        return out
+    def committed_head(self, tasks: set[TaskName]) -> tuple[SimulatorHead | None, str]:
+        """The committed head to use for records of `tasks` (None: cross-fit), and why not when
+        there is none. Raises `HeadMismatch` when the head belongs to another reader and was
+        asked for, or when this reader has its name and layer but reads differently."""
+        if self.training == "cross-fit":
+            return None, "cross-fitting was asked for"
+        task = next(iter(tasks)) if len(tasks) == 1 else None
+        head = builtin_head(task) if task is not None else None
+        if head is None:
+            why = (
+                f"no committed head for {task.value}"
+                if task is not None
+                else "the records are of several tasks"
+                if tasks
+                else "no scorable records"
+            )
+            if self.training == "head":
+                raise ValueError(f"--simulator-training head: {why}")
+            return None, why
+        if self.training == "auto" and not head.reads_with(
+            self.encoder.model_name, self.encoder.layer
+        ):
+            return None, (
+                f"the committed {head.task.value} head reads {head.model} layer {head.layer}, "
+                f"not {self.encoder.model_name} layer {self.encoder.layer}"
+            )
+        if head.task not in self._checked:
+            head.check_reader(self.encoder)
+            self._checked.add(head.task)
+        return head, ""
 
     def predict(self, kept: Sequence[Kept]) -> dict[Condition, list[str | None]]:
         """The option predicted in each condition for each (record, options) of `kept`; None
@@ -258,55 +329,91 @@ class TrainedSimulator:
         targets = [answer_class(rec, opts, rec.answer) for rec, opts in kept]
         usable = [i for i, t in enumerate(targets) if t is not None]
         y = np.array([targets[i] for i in usable], dtype=int)
-        feats = self._features([kept[i] for i in usable])
         items = {kept[i][0].item_id for i in usable}
+        head, why_not = (
+            (None, "")
+            if self.train_records is not None
+            else (self.committed_head({kept[i][0].task for i in usable}))
+        )
+        feats = self._features([kept[i] for i in usable])
+        n_classes = max((len(kept[i][1]) for i in usable), default=2)
+        start = time.perf_counter()
         if self.train_records is not None:
             train_kept = self._train_kept(items)
-            n_classes = max(len(o) for _, o in [*(kept[i] for i in usable), *train_kept])
+            n_classes = max(n_classes, *(len(o) for _, o in train_kept))
             train_feats = self._features(train_kept)
             train_y = np.array([answer_class(r, o, r.answer) for r, o in train_kept], dtype=int)
             start = time.perf_counter()
             probs = self._fit_predict(train_feats, train_y, feats, n_classes)
-            n_train, n_train_items = len(train_kept), len({r.item_id for r, _ in train_kept})
-            training = (
-                f"trained once on {self.train_source or 'the given training records'} "
-                "(records of evaluated items left out)"
+            self._info = self._make_info(
+                training=f"trained once on {self.train_source or 'the given training records'} "
+                "(records of evaluated items left out)",
+                records=len(train_kept),
+                items=len({r.item_id for r, _ in train_kept}),
+                start=start,
             )
+        elif head is not None:
+            probs = {c: head.head.proba(c, feats, n_classes) for c in CONDITIONS}
+            self._info = self._head_info(head, start)
         else:
             if len(items) < MIN_TRAIN_RECORDS:
                 raise ValueError(
                     f"cross-fitting a trained simulator needs at least {MIN_TRAIN_RECORDS} "
-                    f"scorable items, got {len(items)}: pass training records or use the "
-                    "zero-shot simulator"
+                    f"scorable items, got {len(items)} ({why_not}): pass training records or "
+                    "use the zero-shot simulator"
                 )
-            n_classes = max((len(kept[i][1]) for i in usable), default=2)
-            start = time.perf_counter()
             probs = self._crossfit(feats, y, [kept[i][0].item_id for i in usable], n_classes)
-            n_train, n_train_items = len(usable), len(items)
-            training = (
-                f"cross-fitted on the evaluated records: {self.folds} folds by item (SHA-256 of "
-                "seed and item id), each fold predicted by a head trained on the other folds"
+            self._info = self._make_info(
+                training=f"cross-fitted on the evaluated records ({why_not}): {self.folds} folds "
+                "by item (SHA-256 of seed and item id), each fold predicted by a head trained on "
+                "the other folds",
+                records=len(usable),
+                items=len(items),
+                start=start,
+                folds=self.folds,
             )
-        self._info = SimulatorInfo(
-            name=self.name,
-            kind="trained",
-            model=self.encoder.model_name,
-            layer=self.encoder.layer,
-            head=f"logistic regression (scikit-learn lbfgs, L2, C={self.c}) on slot features",
-            training=training,
-            train_records=n_train,
-            train_items=n_train_items,
-            folds=None if self.train_records is not None else self.folds,
-            seed=self.seed,
-            feature_seconds=round(self.encoder.seconds, 2),
-            train_seconds=round(time.perf_counter() - start, 2),
-        )
         out: dict[Condition, list[str | None]] = {c: [None] * len(kept) for c in CONDITIONS}
         for j, i in enumerate(usable):
             rec, opts = kept[i]
             for c in CONDITIONS:
                 out[c][i] = option_of_class(rec, opts, int(np.argmax(probs[c][j])))
         return out
+
+    def _make_info(
+        self, *, training: str, records: int, items: int, start: float, folds: int | None = None
+    ) -> SimulatorInfo:
+        return SimulatorInfo(
+            name=self.name,
+            kind="trained",
+            model=self.encoder.model_name,
+            layer=self.encoder.layer,
+            head=f"logistic regression (scikit-learn lbfgs, L2, C={self.c}) on slot features",
+            training=training,
+            train_records=records,
+            train_items=items,
+            folds=folds,
+            seed=self.seed,
+            feature_seconds=round(self.encoder.seconds, 2),
+            train_seconds=round(time.perf_counter() - start, 2),
+        )
+
+    def _head_info(self, head: SimulatorHead, start: float) -> SimulatorInfo:
+        m = head.meta
+        return SimulatorInfo(
+            name=self.name,
+            kind="trained",
+            model=self.encoder.model_name,
+            layer=self.encoder.layer,
+            head=f"committed {head.task.value} head (logistic regression, scikit-learn lbfgs, L2, "
+            f"C={m['c']}) on slot features; sha256 {head.sha256[:16]}",
+            training=f"trained once by scripts/train_las_heads.py on {m['train_source']}",
+            train_records=int(m["train_records"]),
+            train_items=int(m["train_items"]),
+            seed=int(m["seed"]),
+            feature_seconds=round(self.encoder.seconds, 2),
+            train_seconds=round(time.perf_counter() - start, 2),
+            head_train_seconds=float(m["train_seconds"]),
+        )
 
     def _crossfit(
         self, feats: dict[Condition, np.ndarray], y: np.ndarray, item_ids: list[str], n_classes: int
@@ -352,9 +459,12 @@ __all__ = [
     "DEFAULT_C",
     "DEFAULT_FOLDS",
     "DEFAULT_LAYER",
+    "TRAININGS",
+    "FeatureStore",
     "HiddenStateEncoder",
     "SimulatorKind",
     "TrainedSimulator",
+    "Training",
     "answer_class",
     "fold_of",
     "option_of_class",

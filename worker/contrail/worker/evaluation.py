@@ -13,8 +13,8 @@ Command line (the `contrail eval` / `contrail export` subcommands call these):
 
     python -m contrail.worker.evaluation eval runs/a.jsonl [runs/b.jsonl ...] [--no-las]
         [--simulator MODEL] [--simulator-kind trained|zero-shot] [--simulator-layer N]
-        [--train-data FILE] [--folds K] [--calibration batch|none] [--json out.json]
-        [--report-dir DIR]
+        [--simulator-training auto|head|cross-fit] [--train-data FILE] [--folds K]
+        [--calibration batch|none] [--json out.json] [--report-dir DIR]
     python -m contrail.worker.evaluation export runs/a.jsonl --out-dir runs/a-student
         [--dev-fraction 0.1] [--seed 0] [--no-parquet]
 """
@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from contrail.client.types import RationaleRecord
 from contrail.core.signals import (
@@ -51,6 +51,7 @@ from contrail.worker.eval_las import (
 from contrail.worker.eval_simulator import (
     DEFAULT_FOLDS,
     DEFAULT_LAYER,
+    TRAININGS,
     TrainedSimulator,
 )
 from contrail.worker.export import export_student, load_records
@@ -70,6 +71,9 @@ class QualitySummary(BaseModel):
     signals: SignalSummary
     signals_by_tag: dict[str, SignalSummary]
     las: LasResult | None = None
+    las_note: str | None = Field(
+        default=None, description="in a job manifest: how LAS was computed, or why it was not"
+    )
 
 
 def summarize(
@@ -224,10 +228,12 @@ def simulator_notes(rows: Sequence[ComparisonRow]) -> str:
             how += f" {info.seed}; head: {info.head}; layer {info.layer}"
         else:
             how += f"; calibration {info.calibration}"
+        cost = f"head training {info.train_seconds:.1f} s"
+        if info.head_train_seconds is not None:
+            cost = f"training the committed head took {info.head_train_seconds:.0f} s when made"
         lines.append(
             f"- {label}: simulator `{info.name}` ({info.kind}); {how}; model forward passes "
-            f"{info.feature_seconds:.1f} s (cumulative in this run), head training "
-            f"{info.train_seconds:.1f} s"
+            f"{info.feature_seconds:.1f} s (cumulative in this run), {cost}"
         )
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -329,11 +335,19 @@ def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
         help=f"hidden layer the trained simulator reads (default {DEFAULT_LAYER})",
     )
     p.add_argument(
+        "--simulator-training",
+        choices=TRAININGS,
+        default="auto",
+        help="trained simulator's head: auto (default) = the committed head of the dataset's "
+        "task (StrategyQA, CREAK; trained on the task's training split) when there is one, "
+        "else cross-fit on the dataset; head = insist on the committed head; cross-fit = always "
+        "cross-fit",
+    )
+    p.add_argument(
         "--train-data",
         type=Path,
         default=None,
-        help="records (.jsonl/.parquet) to train the simulator on; default: cross-fit on "
-        "each evaluated dataset",
+        help="records (.jsonl/.parquet) to train the simulator on (overrides --simulator-training)",
     )
     p.add_argument(
         "--folds",
@@ -368,6 +382,7 @@ def build_simulator(args: argparse.Namespace) -> AnySimulator | None:
         seed=args.seed,
         train_records=train,
         train_source=str(args.train_data) if train is not None else None,
+        training=args.simulator_training,
     )
 
 

@@ -35,6 +35,7 @@ from contrail.core.storage import Storage, dataset_keys, shard_output_keys
 from contrail.worker.dataset_writer import DatasetWriter
 from contrail.worker.evaluation import summary_from_signals
 from contrail.worker.item_errors import FINALIZE_FAILED
+from contrail.worker.job_quality import JobLas, LasReader, job_las
 from contrail.worker.resilience import RedisGuard
 
 log = logging.getLogger("contrail.worker")
@@ -50,6 +51,7 @@ class Finalizer:
         max_deliveries: int,
         retention_s: int,
         scratch_dir: Path | None = None,
+        las_reader: LasReader | None = None,
     ) -> None:
         self.queue = queue
         self.storage = storage
@@ -57,6 +59,9 @@ class Finalizer:
         self.max_deliveries = max_deliveries
         self.retention_s = retention_s
         self.scratch_dir = scratch_dir
+        # The simulator for jobs that ask for LAS (default: SmolLM2-135M layer 16, the reader
+        # the committed heads were trained on).
+        self.las_reader = las_reader or LasReader("smollm2-135m", 16, None)
 
     def process(self, msg: QueueMessage) -> None:
         """Handle one finalize message (acknowledged by the terminal transition)."""
@@ -107,6 +112,8 @@ class Finalizer:
         keys = dataset_keys(job.id)
         signals: list[RecordSignals] = []
         by_tag: dict[str, int] = {}
+        wants_las = job.quality is not None and job.quality.las
+        records: list[RationaleRecord] = []  # kept only for LAS
         with tempfile.TemporaryDirectory(prefix="contrail-final-", dir=self.scratch_dir) as tmp:
             with DatasetWriter(Path(tmp) / "dataset") as writer:
                 for shard, attempt in counted.items():
@@ -116,6 +123,8 @@ class Finalizer:
                             record = RationaleRecord.model_validate_json(line)
                             writer.write(record)
                             signals.append(record_signals(record))
+                            if wants_las:
+                                records.append(record)
                             by_tag[record.tag.value] = by_tag.get(record.tag.value, 0) + 1
                     if attempt.failed:
                         for line in self.storage.read_lines(errors_key):
@@ -129,7 +138,8 @@ class Finalizer:
             assert writer.parquet_path is not None
             self.storage.put(keys["parquet"], writer.parquet_path)
             self.storage.put(keys["errors"], writer.errors_path)
-        manifest = _manifest(job, keys, by_tag, signals)
+        las = job_las(self.storage, job.id, records, self.las_reader) if wants_las else None
+        manifest = _manifest(job, keys, by_tag, signals, las)
         self.storage.put(keys["manifest"], manifest.model_dump_json(indent=2).encode())
         return writer.records, writer.errors
 
@@ -143,9 +153,14 @@ def _manifest(
     keys: dict[str, str],
     by_tag: dict[str, int],
     signals: list[RecordSignals],
+    las: JobLas | None = None,
 ) -> Manifest:
-    """The manifest: a function of the frozen job only, so repeating it is byte-identical."""
+    """The manifest: a function of the frozen job (and of its LAS, computed once), so repeating
+    it is byte-identical."""
     frozen_at = job.frozen_at or job.created_at
+    quality = summary_from_signals(signals)
+    if las is not None:
+        quality.las, quality.las_note = las.las, las.note
     return Manifest(
         job_id=job.id,
         task=job.task,
@@ -161,5 +176,6 @@ def _manifest(
         wall_seconds=round(max(0.0, frozen_at - job.created_at), 3),
         files={"dataset": keys["dataset"], "parquet": keys["parquet"], "errors": keys["errors"]},
         metadata=job.metadata,
-        quality=summary_from_signals(signals).model_dump(mode="json"),
+        quality=quality.model_dump(mode="json"),
+        quality_settings=job.quality,
     )

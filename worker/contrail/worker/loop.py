@@ -33,6 +33,7 @@ from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
 from contrail.core.storage import Storage, StorageUnavailable
 from contrail.worker.engine.base import Engine
 from contrail.worker.finalize import Finalizer, FinalizeRetry
+from contrail.worker.job_quality import LasReader
 from contrail.worker.resilience import Abandoned, RedisGuard
 from contrail.worker.settings import WorkerSettings
 from contrail.worker.shards import ShardProcessor
@@ -86,6 +87,9 @@ class Worker:
         self._reconciler: ReconcilerThread | None = None
         self._signals = 0
         self.waves = 0
+        self._las_reader = LasReader(
+            settings.las_simulator, settings.las_simulator_layer, settings.model_cache_dir
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def startup(self) -> None:
@@ -291,6 +295,7 @@ class Worker:
             max_deliveries=self.s.max_deliveries,
             retention_s=self.s.job_retention_s,
             scratch_dir=self.s.scratch_dir,
+            las_reader=self._las_reader,
         )
         # A failed delivery lets the message go idle: redelivered to this or another worker.
         with contextlib.suppress(FinalizeRetry):

@@ -45,6 +45,14 @@ class WorkerSettings(CommonSettings):
         description="Retry failing object-storage calls this long (with backoff) before "
         "giving the shards in hand back to the queue.",
     )
+    las_simulator: str = Field(
+        default="smollm2-135m",
+        description="Language model of the LAS simulator, for jobs that ask for LAS "
+        "(quality.las): a model name or folder.",
+    )
+    las_simulator_layer: int = Field(
+        default=16, ge=1, description="Hidden layer the LAS simulator reads."
+    )
     allow_untested_vllm: bool = Field(
         default=False,
         description="Start even when the installed vLLM is not the release line the pair "

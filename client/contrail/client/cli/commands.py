@@ -90,6 +90,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             metadata=metadata,
             completion_window=args.completion_window,
             idempotency_key=args.idempotency_key,
+            quality={"las": True} if args.las else None,
             template=template,
         )
         if not args.wait:
@@ -304,6 +305,11 @@ def register(registry: CommandRegistry) -> None:
         help="time the job may take before it ends expired (e.g. 24h, 90m, 7d; default 24h)",
     )
     p.add_argument("--idempotency-key", default=None)
+    p.add_argument(
+        "--las",
+        action="store_true",
+        help="compute LAS at finalization into the manifest (runs a model over every record)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the job with a progress bar")
     p.add_argument(
         "-o", "--output", default=None, help="with --wait: save the dataset (.jsonl/.parquet)"

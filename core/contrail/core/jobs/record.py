@@ -24,6 +24,7 @@ from contrail.client.types import (
     FileObject,
     Job,
     JobStatus,
+    QualitySettings,
     RequestCounts,
     TaskName,
     Usage,
@@ -81,7 +82,7 @@ class JobRecord(_HashRecord):
     """Everything Redis knows about a job (`contrail:job:<id>`)."""
 
     _json: ClassVar[frozenset[str]] = frozenset(
-        {"decoding", "demonstrations", "metadata", "template"}
+        {"decoding", "demonstrations", "metadata", "template", "quality"}
     )
 
     id: str
@@ -93,6 +94,7 @@ class JobRecord(_HashRecord):
     demonstrations: list[Demonstration] | None = None
     template: str | None = None  # the job's prompt block template (validated at creation)
     metadata: dict[str, str] | None = None
+    quality: QualitySettings | None = None  # measurements asked for at finalization
     input_file_id: str | None = None
     input_prefix: str  # shard i reads "<input_prefix><i:06d>.jsonl" from storage
     items: int
@@ -143,6 +145,7 @@ class JobRecord(_HashRecord):
             ),
             usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens),
             metadata=self.metadata,
+            quality=self.quality,
             error=self.error,
             completion_window=self.completion_window,
             created_at=int(self.created_at),

@@ -134,6 +134,7 @@ async def create_job(
         ),
         metadata=body.metadata,
         completion_window=body.completion_window,
+        quality=body.quality,
         template=template,
     )
     record = creation.new_record(job_id, spec, job_input, time.time())
@@ -234,6 +235,7 @@ async def resubmit_job(
         demonstrations=old.demonstrations,
         metadata={**(old.metadata or {}), "resubmitted_from": job_id},
         completion_window=old.completion_window,
+        quality=old.quality,
         template=old.template,
     )
     record = creation.new_record(new_job_id, spec, job_input, time.time())

@@ -1,0 +1,106 @@
+"""LAS in a job's manifest when the job asks for it (`quality: {"las": true}`), on the real stack:
+validated at creation, recorded on the job, computed once at finalization with its provenance,
+and reused (byte for byte) by a repeated finalization."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contrail.client.types import Manifest
+from contrail.worker.engine.base import Engine
+from contrail.worker.engine.factory import create_engine
+from contrail.worker.finalize import Finalizer
+from contrail.worker.job_quality import COMPUTED_ONCE, LasReader, las_key
+from contrail.worker.loop import Worker
+from tests.service_fixtures import Stack, announce_worker
+
+DECODING = {"max_new_tokens": 12, "counterfactual_fraction": 0.5}
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model_path: Path) -> Engine:
+    return create_engine("reference", "tiny", cache_dir=tiny_model_path.parent)
+
+
+def _items(n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"s{i:03d}",
+            "question": f"Is {i} an even number?",
+            "answer": "yes" if i % 2 == 0 else "no",
+            "choices": ["yes", "no"],
+        }
+        for i in range(n)
+    ]
+
+
+def _create(stack: Stack, n: int, **extra: Any) -> str:
+    body = {"items": _items(n), "task": "strategyqa", "model": "tiny", "decoding": DECODING}
+    with stack.client() as c:
+        r = c.post("/v1/jobs", json=body | extra)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def test_quality_setting_is_validated(stack: Stack) -> None:
+    announce_worker(stack)
+    body = {"items": _items(2), "task": "strategyqa", "model": "tiny"}
+    with stack.client() as c:
+        for quality in ({"las": "maybe"}, {"las": True, "bleu": True}, ["las"]):
+            r = c.post("/v1/jobs", json=body | {"quality": quality})
+            assert r.status_code == 422, r.text
+            assert "quality" in r.text
+
+
+def test_manifest_las_opt_in(stack: Stack, tiny_engine: Engine, tiny_model_path: Path) -> None:
+    announce_worker(stack)
+    with_las = _create(stack, 24, quality={"las": True})
+    without = _create(stack, 24)
+    settings = stack.worker_settings(las_simulator=str(tiny_model_path), las_simulator_layer=2)
+    worker = Worker(settings, engine=tiny_engine, burst=True, worker_id=f"t-{time.monotonic_ns()}")
+    worker.run()
+    storage = stack.storage()
+    with stack.client() as c:
+        job = c.get(f"/v1/jobs/{with_las}").json()
+    assert job["status"] == "completed" and job["quality"] == {"las": True}
+
+    raw = storage.get(f"jobs/{with_las}/manifest.json")
+    manifest = Manifest.model_validate_json(raw)
+    assert manifest.quality_settings is not None and manifest.quality_settings.las
+    assert manifest.quality is not None
+    las = manifest.quality["las"]
+    assert las is not None, manifest.quality.get("las_note")
+    assert las["records"] == job["request_counts"]["completed"] == 36
+    assert las["scored"] == 36 and las["skipped"] == 0
+    info = las["simulator_info"]
+    # The committed StrategyQA head reads SmolLM2 layer 16, not this reader: cross-fit instead.
+    assert info["kind"] == "trained" and info["layer"] == 2 and info["folds"] == 5
+    assert "cross-fitted" in info["training"] and "committed strategyqa head" in info["training"]
+    assert info["train_items"] == 24 and info["feature_seconds"] > 0
+    assert manifest.quality["las_note"] == COMPUTED_ONCE
+    assert json.loads(storage.get(las_key(with_las)))["las"] == las
+
+    # A repeated finalization reads the stored LAS back: a reader that cannot load any model
+    # would otherwise leave a "not computed" note, and the manifest would change.
+    record = worker.queue.job(with_las)
+    assert record is not None and record.quality is not None
+    again = Finalizer(
+        worker.queue,
+        storage,
+        worker.guard,
+        max_deliveries=1,
+        retention_s=0,
+        las_reader=LasReader(str(tiny_model_path / "missing"), 2, None),
+    )
+    again.merge(record)
+    assert storage.get(f"jobs/{with_las}/manifest.json") == raw
+
+    plain = Manifest.model_validate_json(storage.get(f"jobs/{without}/manifest.json"))
+    assert plain.quality_settings is None and plain.quality is not None
+    assert plain.quality["las"] is None and plain.quality["las_note"] is None
+    assert storage.get_or_none(las_key(without)) is None

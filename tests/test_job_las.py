@@ -15,7 +15,7 @@ from contrail.client.types import Manifest
 from contrail.worker.engine.base import Engine
 from contrail.worker.engine.factory import create_engine
 from contrail.worker.finalize import Finalizer
-from contrail.worker.job_quality import COMPUTED_ONCE, LasReader, las_key
+from contrail.worker.job_quality import COMPUTED_ONCE, NOT_LOADED, LasReader, las_key
 from contrail.worker.loop import Worker
 from tests.service_fixtures import Stack, announce_worker
 
@@ -104,3 +104,36 @@ def test_manifest_las_opt_in(stack: Stack, tiny_engine: Engine, tiny_model_path:
     assert plain.quality_settings is None and plain.quality is not None
     assert plain.quality["las"] is None and plain.quality["las_note"] is None
     assert storage.get_or_none(las_key(without)) is None
+
+
+def _engine(tiny_model_path: Path) -> Engine:
+    """An engine per burst worker: a worker closes its engine when it stops."""
+    return create_engine("reference", "tiny", cache_dir=tiny_model_path.parent)
+
+
+def test_las_not_computed_leaves_a_note_and_the_job_completes(
+    stack: Stack, tiny_model_path: Path
+) -> None:
+    announce_worker(stack)
+    few = _create(stack, 6, quality={"las": True})  # too few items to cross-fit a head
+    settings = stack.worker_settings(las_simulator=str(tiny_model_path), las_simulator_layer=2)
+    worker = Worker(settings, engine=_engine(tiny_model_path), burst=True, worker_id="t-few")
+    worker.run()
+    broken = _create(stack, 24, quality={"las": True})  # a reader that cannot load its model
+    missing = tiny_model_path.parent / "no-such-simulator"
+    settings = stack.worker_settings(las_simulator=str(missing), las_simulator_layer=2)
+    worker = Worker(settings, engine=_engine(tiny_model_path), burst=True, worker_id="t-broken")
+    worker.run()
+
+    storage = stack.storage()
+    notes = {}
+    for job_id in (few, broken):
+        with stack.client() as c:
+            assert c.get(f"/v1/jobs/{job_id}").json()["status"] == "completed"
+        manifest = Manifest.model_validate_json(storage.get(f"jobs/{job_id}/manifest.json"))
+        assert manifest.quality is not None and manifest.quality["las"] is None
+        notes[job_id] = manifest.quality["las_note"]
+    assert "at least 20 scorable items" in notes[few]
+    # The tenant reads a fixed message: no exception text, no server path.
+    assert notes[broken] == NOT_LOADED
+    assert str(missing) not in notes[broken]

@@ -33,6 +33,9 @@ COMPUTED_ONCE: Final = (
     "(timings included)"
 )
 
+NOT_LOADED: Final = "not computed: the worker could not load its LAS simulator"
+FAILED: Final = "not computed: the LAS simulator failed"
+
 
 class JobLas(BaseModel):
     """What the manifest gets: LAS (or None) and how it was computed, or why it was not."""
@@ -72,13 +75,25 @@ def job_las(
     if stored is not None:
         return JobLas.model_validate_json(stored)
     try:
-        result, _ = evaluate_las(records, reader.simulator(), reps=DEFAULT_BOOTSTRAP, seed=0)
+        simulator = reader.simulator()
+    except Exception:
+        # A deployment problem, not the tenant's: the details (paths) stay in the worker log.
+        log.exception("LAS simulator of job %s could not be loaded", job_id)
+        outcome = JobLas(las=None, note=NOT_LOADED)
+        storage.put(key, outcome.model_dump_json(indent=2).encode())
+        return outcome
+    try:
+        result, _ = evaluate_las(records, simulator, reps=DEFAULT_BOOTSTRAP, seed=0)
         outcome = JobLas(las=result, note=COMPUTED_ONCE)
-    except Exception as exc:  # the dataset is what the job is for: LAS never fails it
+    except ValueError as exc:  # ours, written for the user: too few items, free-form answers
         log.warning("LAS for job %s not computed: %s", job_id, exc)
-        outcome = JobLas(las=None, note=f"not computed: {type(exc).__name__}: {exc}")
+        outcome = JobLas(las=None, note=f"not computed: {exc}")
+    except Exception:  # the dataset is what the job is for: LAS never fails it
+        # Engine text and paths stay in the worker log; the tenant gets a fixed message.
+        log.exception("LAS for job %s failed", job_id)
+        outcome = JobLas(las=None, note=FAILED)
     storage.put(key, outcome.model_dump_json(indent=2).encode())
     return outcome
 
 
-__all__ = ["COMPUTED_ONCE", "JobLas", "LasReader", "job_las", "las_key"]
+__all__ = ["COMPUTED_ONCE", "FAILED", "NOT_LOADED", "JobLas", "LasReader", "job_las", "las_key"]

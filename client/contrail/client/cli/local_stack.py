@@ -244,6 +244,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     cli = [sys.executable, "-m", "contrail.client.cli"]
     stack = LocalStack(state_dir)
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # Ctrl-C stops the stack even when `up` was started with SIGINT ignored (a shell starts
+    # background commands so, and Python then installs no KeyboardInterrupt handler).
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_OK
     try:
         print(f"state     {state_dir}", file=sys.stderr)
@@ -325,7 +328,6 @@ def cmd_up(args: argparse.Namespace) -> int:
             info_file.unlink(missing_ok=True)
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
     print("stopped", file=sys.stderr)
     return code
 

@@ -35,6 +35,12 @@ def main() -> int:
     ap.add_argument("--api-kills", type=int, default=2)
     ap.add_argument("--interval", type=float, default=6.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--shuffle-long-faults",
+        action="store_true",
+        help="put the S3 and long Redis outages anywhere in the schedule (default: first, while "
+        "every job still has work left)",
+    )
     ap.add_argument("--out", type=Path, default=OUT_DIR / "chaos.json")
     args = ap.parse_args()
 
@@ -52,6 +58,7 @@ def main() -> int:
         s3_down_s=args.s3_down,
         api_kills=args.api_kills,
         interval_s=args.interval,
+        long_faults_first=not args.shuffle_long_faults,
         seed=args.seed,
     )
     cache = tiny_model_path(REPO / ".contrail" / "models").parent
@@ -75,8 +82,9 @@ def main() -> int:
                 long_down = args.long_redis_down
 
                 def long_outage() -> None:
+                    began = chaos.began()
                     stack.valkey.restart(down_s=long_down, crash=True)
-                    chaos._note(f"redis kill -9, down {long_down}s")
+                    chaos._note(f"redis kill -9, down {long_down}s ({began})")
 
                 chaos.extra_faults.append(long_outage)
             started = time.time()

@@ -39,6 +39,9 @@ class ChaosPlan:
     s3_down_s: float = 10.0
     api_kills: int = 1
     interval_s: float = 4.0
+    # The outages that last minutes (S3, the bench's long Redis outage) first, while every job
+    # still has work left; else they fall anywhere in the shuffled schedule.
+    long_faults_first: bool = False
     decoding: dict[str, Any] = field(
         default_factory=lambda: {"max_new_tokens": 48, "counterfactual_fraction": 0.25}
     )
@@ -143,11 +146,16 @@ class Chaos:
         self.stack.valkey.restart(down_s=self.plan.redis_down_s)
         self._note(f"redis graceful restart, down {self.plan.redis_down_s}s")
 
+    def began(self) -> str:
+        """The share of owed rationales done as a fault begins, for its note."""
+        return f"began at {self._progress()} done"
+
     def s3_outage(self) -> None:
+        began = self.began()
         self.s3.stop()
         time.sleep(self.plan.s3_down_s)
         self.s3.start()
-        self._note(f"s3 down {self.plan.s3_down_s}s")
+        self._note(f"s3 down {self.plan.s3_down_s}s ({began})")
 
     def kill_api_during_creation(self) -> None:
         base = 1_000_000 + 10_000 * len(self.report.faults)
@@ -186,6 +194,9 @@ class Chaos:
             + self.extra_faults
         )
         self.rng.shuffle(faults)
+        if p.long_faults_first:
+            long = {self.s3_outage, *self.extra_faults}
+            faults.sort(key=lambda f: f not in long)  # stable: the rest keep their order
         for fault in faults:
             time.sleep(p.interval_s)
             fault()

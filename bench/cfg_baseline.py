@@ -1,7 +1,7 @@
 """transformers' classifier-free guidance `generate`, batched with left padding, as a contender.
 
 `generate(guidance_scale=1/(1-lambda), negative_prompt_ids=C-, negative_prompt_attention_mask=..)`
-ranks tokens like contrail's contrastive score with alpha 0 (METHOD.md: the CFG oracle).
+ranks tokens like contrail's contrastive score with alpha 0 (docs/METHOD.md: the CFG oracle).
 transformers runs the negative prompt inside its `UnbatchedClassifierFreeGuidanceLogitsProcessor`
 with a second KV cache; here the items go `batch_size` at a time, C+ and C- each left padded.
 Stopping is what `generate` offers: EOS, `stop_strings` and max_new_tokens (it has no "plain

@@ -12,10 +12,11 @@ contrastive_decoding_rationalization.py):
   `logp+ - lambda * logp-`;
 - **the stop rule**: the release stops when the plain argmax under C+ is the stop token, checked
   *before* the C- forward pass of that step, or when the chosen token is. It compares one token id
-  ("\\n\\nQ"'s second-to-last id); METHOD.md explains why that rule must be decided on text, so the
-  baseline uses contrail's `StopRule` (the same decision every contrail engine makes), keeping the
-  release's order: an EOS plain argmax ends the item before the C- pass. This keeps the work equal:
-  the baseline writes the same tokens as the pair engine (the engine benchmark checks it).
+  ("\\n\\nQ"'s second-to-last id); docs/METHOD.md explains why that rule must be decided on
+  text, so the baseline uses contrail's `StopRule` (the same decision every contrail engine
+  makes), keeping the release's order: an EOS plain argmax ends the item before the C- pass.
+  This keeps the work equal: the baseline writes the same tokens as the pair engine (the engine
+  benchmark checks it).
 
 Run alone: `python bench/paper_baseline.py --model tiny --items 8` prints rationales/s.
 """

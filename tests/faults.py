@@ -22,7 +22,7 @@ def _unit(*parts: object) -> float:
 
 
 def expected_pairs(ids: list[str], decoding: dict[str, Any]) -> set[tuple[str, str]]:
-    """(item id, tag) of every rationale a job over `ids` owes (METHOD.md 3: a counterfactual
+    """(item id, tag) of every rationale a job over `ids` owes (docs/METHOD.md 3: a counterfactual
     for the items whose SHA-256 draw falls under the fraction)."""
     seed = int(decoding.get("seed", 0))
     fraction = float(decoding.get("counterfactual_fraction", 0.0))

@@ -1,9 +1,9 @@
 """Independent oracles for the engines, built on transformers' own `generate`.
 
-METHOD.md section 2: with alpha = 0, the contrastive score log p(t|C+) - lam * log p(t|C-) ranks
-tokens exactly like classifier-free guidance with guidance scale g = 1 / (1 - lam) and C- as the
-negative prompt (g * (a - b) + b = g * a - (g - 1) * b; divide by g). transformers implements CFG
-in `UnbatchedClassifierFreeGuidanceLogitsProcessor` (`generate(guidance_scale=...,
+docs/METHOD.md section 2: with alpha = 0, the contrastive score log p(t|C+) - lam * log p(t|C-)
+ranks tokens exactly like classifier-free guidance with guidance scale g = 1 / (1 - lam) and C- as
+the negative prompt (g * (a - b) + b = g * a - (g - 1) * b; divide by g). transformers implements
+CFG in `UnbatchedClassifierFreeGuidanceLogitsProcessor` (`generate(guidance_scale=...,
 negative_prompt_ids=...)`), one item at a time, with no padding.
 
 These two do not apply the stop rule (and CFG covers only alpha = 0, temperature 1): compare an
@@ -11,7 +11,7 @@ engine's ids with the oracle's ids cut to the engine's length (and equal lengths
 stopped by LENGTH).
 
 `contrastive_decode` is the whole method (any lambda, alpha, temperature, stop strings) as a plain
-loop over transformers forward passes, one item at a time, written from METHOD.md without the
+loop over transformers forward passes, one item at a time, written from docs/METHOD.md without the
 engines' `contrastive_choice` or `StopRule`: its tokens, finish reason and text are compared
 exactly, so an empty or truncated engine output cannot pass as a prefix.
 """
@@ -98,7 +98,7 @@ def contrastive_decode(
     max_new_tokens: int,
     stop: tuple[str, ...],
 ) -> Decoded:
-    """METHOD.md section 2 written out for one pair, sharing no code with the engines.
+    """docs/METHOD.md section 2 written out for one pair, sharing no code with the engines.
 
     One item at a time, no padding, each context with its own transformers KV cache; the score,
     the plausibility cut (in probability space) and the text stop rule are computed here from the

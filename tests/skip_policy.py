@@ -1,10 +1,10 @@
 """The suite's skip policy (docs/DEVELOPING.md, "Skips"): in CI no test may skip.
 
-The vLLM, oracle and real-data tests skip where their dependency is missing (`importorskip`, a
-missing ``../shared/data``), which is convenient on a laptop and dangerous in CI: a broken vLLM
-install would turn the product's central tests into skips and leave the run green. So when the
-policy is strict, every skip -- of a test, or of a whole module at collection -- is reported as a
-failure that names the skip's reason.
+The vLLM, oracle and real-data tests skip where their dependency is missing (`importorskip`,
+research datasets absent: tests/research_data.py), which is convenient on a laptop and dangerous
+in CI: a broken vLLM install would turn the product's central tests into skips and leave the run
+green. So when the policy is strict, every skip -- of a test, or of a whole module at collection --
+is reported as a failure that names the skip's reason.
 
 Strict when ``CONTRAIL_STRICT_SKIPS`` is 1 (scripts/test.sh sets it), or when ``CI`` is set and
 ``CONTRAIL_STRICT_SKIPS`` is not 0. Expected failures (xfail) are not skips and are left alone.

@@ -153,7 +153,7 @@ def test_las_weighs_unequal_groups_equally() -> None:
 
 
 def _las_by_definition(qr: list[bool], q: list[bool], r: list[bool]) -> float:
-    """Hase et al. 2020 as METHOD.md section 4 states it, written out with plain loops."""
+    """Hase et al. 2020 as docs/METHOD.md section 4 states it, written out with plain loops."""
     gains: dict[bool, list[int]] = {True: [], False: []}
     for a, b, leaked in zip(qr, q, r, strict=True):
         gains[leaked].append(int(a) - int(b))

@@ -40,9 +40,7 @@ from contrail.worker.pipeline import (
     split_request_id,
     to_records,
 )
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not present")
+from tests.research_data import DATA, needs_data
 
 MC = Item(id="mc", question="Pick one?", answer="b", choices=["a", "b", "c", "d"])
 FREE = Item(

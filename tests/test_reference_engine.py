@@ -2,7 +2,7 @@
 
 Oracles (tests/oracle.py): transformers' classifier-free guidance (guidance_scale = 1/(1-lam),
 C- as negative prompt) for contrastive decoding, and transformers' greedy `generate` for greedy.
-Prompts are built here from real StrategyQA items (../shared/data), not from the product's
+Prompts are built here from real StrategyQA items (tests/research_data.py), not from the product's
 prompt builder, so these tests depend on nothing but the engine.
 """
 
@@ -22,10 +22,11 @@ from contrail.worker.engine.reference import ReferenceEngine
 from contrail.worker.engine.scoring import contrastive_choice
 from contrail.worker.engine.stopping import Action, StopRule, finalize_text
 from contrail.worker.models import ModelSpec
+from tests.research_data import DATA as RESEARCH_DATA
 
 from .oracle import cfg_generate, contrastive_decode, greedy_generate
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "strategyqa"
+DATA = RESEARCH_DATA / "strategyqa"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -254,7 +255,7 @@ def test_tiny_matches_cfg_oracle(tiny_engine: ReferenceEngine) -> None:
 
 
 def test_tiny_mixed_settings_match_the_method_loop(tiny_engine: ReferenceEngine) -> None:
-    """Every setting at once, per pair in one batch, against the loop written from METHOD.md
+    """Every setting at once, per pair in one batch, against the loop written from docs/METHOD.md
     (tests/oracle.py): tokens, finish reason and text exactly."""
     pairs = strategyqa_pairs(18, demos=2)
     settings = [

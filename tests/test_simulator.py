@@ -22,10 +22,8 @@ from contrail.worker.eval_simulator import (
     option_of_class,
 )
 from contrail.worker.evaluation import main
+from tests.research_data import needs_data
 from tests.test_evaluation import make_record
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not present")
 
 
 def test_answer_classes_round_trip() -> None:

@@ -11,10 +11,9 @@ import pytest
 
 from contrail.client.types import Item, ItemError, TaskName
 from contrail.core.tasks.formats import LineParser, detect_format, load_items, parse_line
+from tests.research_data import DATA, needs_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared data not present")
 
 
 def by_line(errors: list[ItemError]) -> dict[int | None, ItemError]:

@@ -30,11 +30,11 @@ from contrail.worker import pipeline
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult
 from contrail.worker.engine.reference import ReferenceEngine
 from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
+from tests.research_data import DATA
 
 from .oracle import cfg_generate, contrastive_decode
 
 pytestmark = pytest.mark.vllm
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _items(task: TaskName, path: Path, n: int) -> list[Item]:
@@ -48,8 +48,8 @@ def _requests(
     """Real prompts of mixed lengths: each third of the items gets 0, 2 or 6 demonstrations."""
     requests: list[DecodeRequest] = []
     for task, path in (
-        (TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json"),
-        (TaskName.CREAK, SHARED / "creak" / "dev.json"),
+        (TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json"),
+        (TaskName.CREAK, DATA / "creak" / "dev.json"),
     ):
         items = _items(task, path, n_per_task)
         for k, shots in enumerate((0, 2, 6)):
@@ -250,8 +250,8 @@ def test_pair_that_keeps_losing_lockstep_is_a_per_item_error(
     plans = [
         pipeline.plan(_items(task, path, 6), task, DecodingSettings(max_new_tokens=24), "t")
         for task, path in (
-            (TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json"),
-            (TaskName.CREAK, SHARED / "creak" / "dev.json"),
+            (TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json"),
+            (TaskName.CREAK, DATA / "creak" / "dev.json"),
         )
     ]
     engine.options.max_attempts = 1
@@ -319,7 +319,7 @@ def test_prompt_too_long_is_a_per_request_error(tiny_vllm: VllmPairEngine) -> No
 
 
 def test_counterfactual_records_swap_roles(tiny_vllm: VllmPairEngine) -> None:
-    items = _items(TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json", 6)
+    items = _items(TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json", 6)
     settings = DecodingSettings(counterfactual_fraction=1.0, max_new_tokens=16)
     out = list(pipeline.generate(tiny_vllm, items, TaskName.STRATEGYQA, settings))
     records = [r for r in out if isinstance(r, RationaleRecord)]
@@ -349,7 +349,7 @@ def smol_vllm(smollm2_path: Path) -> Iterator[VllmPairEngine]:
 
 
 def _strategyqa_requests(settings: DecodingSettings, n: int) -> list[DecodeRequest]:
-    items = _items(TaskName.STRATEGYQA, SHARED / "strategyqa" / "dev.json", n)
+    items = _items(TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json", n)
     return pipeline.plan(items, TaskName.STRATEGYQA, settings, "smollm2").decode_requests
 
 

@@ -37,7 +37,7 @@ AnswerText = Annotated[str, Field(min_length=1, max_length=MAX_ANSWER_CHARS)]
 
 
 class TaskName(StrEnum):
-    """Task families of METHOD.md section 1, plus a user-defined generic task."""
+    """Task families of docs/METHOD.md section 1, plus a user-defined generic task."""
 
     CSQA = "csqa"
     STRATEGYQA = "strategyqa"
@@ -133,7 +133,9 @@ class Item(_Strict):
 
 
 class DecodingSettings(_Strict):
-    """How rationales are decoded. Defaults follow METHOD.md (lambda 0.5, alpha 0, 128 tokens)."""
+    """How rationales are decoded.
+
+    Defaults follow docs/METHOD.md: lambda 0.5, alpha 0, 128 tokens."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

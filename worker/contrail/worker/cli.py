@@ -72,7 +72,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """The student-training export of a dataset file (METHOD.md section 3)."""
+    """The student-training export of a dataset file (docs/METHOD.md section 3)."""
     if not Path(args.dataset).is_file():
         raise UsageError(f"no such dataset file: {args.dataset}")
     evaluation = lazy("contrail.worker.evaluation", "worker")

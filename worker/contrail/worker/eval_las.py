@@ -1,4 +1,4 @@
-"""Leakage-adjusted simulatability (LAS, Hase et al. 2020; METHOD.md section 4).
+"""Leakage-adjusted simulatability (LAS, Hase et al. 2020; docs/METHOD.md section 4).
 
 A *simulator* predicts, for each record, which answer option the rationale was written for from
 three inputs: question + rationale (QR), question alone (Q) and rationale alone (R). The target is

@@ -1,5 +1,5 @@
-"""Student-training export in the paper's format (METHOD.md section 3; docs/QUALITY.md shows how
-to load it with Hugging Face `datasets`).
+"""Student-training export in the paper's format (docs/METHOD.md section 3; docs/QUALITY.md shows
+how to load it with Hugging Face `datasets`).
 
     input:  "[factual] <question> \\n (A) <c1> (B) <c2> ..."
     target: "[factual] <rationale> So the answer is <answer>"

@@ -1,4 +1,4 @@
-"""Items + DecodingSettings -> DecodeRequests -> RationaleRecords (METHOD.md sections 1-3).
+"""Items + DecodingSettings -> DecodeRequests -> RationaleRecords (docs/METHOD.md sections 1-3).
 
 `plan` builds every prompt pair up front (cheap string work, no model); an engine decodes the
 requests; `to_records` turns each result back into a record, or an ItemError when decoding failed.
@@ -97,7 +97,7 @@ def _answer_slot(
         )
         return item.answer, negative
     wrong = counterfactual_answer(item, task, settings.seed)
-    # Roles swap (METHOD.md 3): C+ argues for the wrong answer, C- holds the gold one.
+    # Roles swap (docs/METHOD.md 3): C+ argues for the wrong answer, C- holds the gold one.
     if greedy:
         return wrong, None
     if settings.perturbation is Perturbation.EMPTY:

@@ -1,4 +1,4 @@
-"""Demonstration pools and the seeded choice of few-shot demonstrations (METHOD.md section 1).
+"""Demonstration pools and the seeded choice of few-shot demonstrations (docs/METHOD.md section 1).
 
 All items of a job share one demonstration set, fixed by (pool, seed, k), so every prompt starts
 with the same long prefix and vLLM's prefix cache computes it once. The only exception is the query

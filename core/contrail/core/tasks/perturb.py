@@ -1,4 +1,4 @@
-"""Answer perturbations for the contrast context C- and counterfactual answers (METHOD.md 2, 3).
+"""Answer perturbations for the contrast context C- and counterfactual answers (docs/METHOD.md 2-3).
 
 Every random choice here is a SHA-256 of (purpose, seed, item id): reproducible across processes,
 machines and Python versions (unlike `hash()`), and independent per item, so one item's result

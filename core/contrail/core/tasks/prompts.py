@@ -1,4 +1,4 @@
-"""Few-shot rationalisation prompts in the exact format of METHOD.md section 1.
+"""Few-shot rationalisation prompts in the exact format of docs/METHOD.md section 1.
 
     Q: <question>
     Answer Choices:

@@ -15,7 +15,7 @@ from contrail.client.types import DEFAULT_STOP, FinishReason
 
 @dataclass(frozen=True)
 class ContrastSettings:
-    """Token-selection settings of one request (METHOD.md section 2)."""
+    """Token-selection settings of one request (docs/METHOD.md section 2)."""
 
     lam: float = 0.5
     alpha: float = 0.0

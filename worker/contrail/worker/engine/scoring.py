@@ -1,4 +1,4 @@
-"""The contrastive token choice of METHOD.md section 2, shared by every engine.
+"""The contrastive token choice of docs/METHOD.md section 2, shared by every engine.
 
     t = argmax_t [ log p(t | C+) - lam * log p(t | C-) ]
 

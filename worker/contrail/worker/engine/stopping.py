@@ -1,4 +1,4 @@
-"""When a rationale ends, decided on text (METHOD.md section 2), shared by every engine.
+"""When a rationale ends, decided on text (docs/METHOD.md section 2), shared by every engine.
 
 The contrastive score suppresses tokens that both contexts like, such as the newline that ends a
 rationale, so the paper stops when the *plain* argmax under C+ would stop. We decide that on the

@@ -162,6 +162,13 @@ def s3_server() -> Iterator[SeaweedS3]:
         yield server
 
 
+@pytest.fixture
+def own_s3() -> Iterator[SeaweedS3]:
+    """A SeaweedFS of one test alone, which it may stop and start again (outage tests)."""
+    with seaweed() as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def service_model_cache(tiny_model_path: Path) -> Path:
     # tiny_model_path lives at <cache>/<name>; the worker resolves "tiny" from the same cache.

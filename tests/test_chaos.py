@@ -5,9 +5,6 @@ long version."""
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,16 +14,6 @@ from tests.servers import SeaweedS3
 from tests.service_fixtures import Stack
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_s3() -> Iterator[SeaweedS3]:
-    with tempfile.TemporaryDirectory(prefix="contrail-weed-") as d:
-        server = SeaweedS3(Path(d)).start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 def test_chaos(make_stack: Any, own_s3: SeaweedS3) -> None:

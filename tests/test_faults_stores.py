@@ -6,9 +6,7 @@ with nothing lost or duplicated, and the workers keep their process (and loaded 
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,17 +97,6 @@ def test_redis_down_90s_mid_wave(make_stack: Any) -> None:
         while "redis back after" not in w.log() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "redis back after" in w.log()
-
-
-@pytest.fixture
-def own_s3() -> Iterator[SeaweedS3]:
-    """A SeaweedFS of this test alone: it is stopped and started again."""
-    with tempfile.TemporaryDirectory(prefix="contrail-weed-") as d:
-        server = SeaweedS3(Path(d)).start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 def test_s3_down_two_minutes(make_stack: Any, own_s3: SeaweedS3) -> None:

@@ -5,6 +5,7 @@ Loaded from tests/conftest.py through `pytest_plugins`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -160,6 +161,19 @@ def items_jsonl(n: int, start: int = 0, *, rationale_every: int = 4) -> bytes:
 def s3_server() -> Iterator[SeaweedS3]:
     with seaweed() as server:
         yield server
+
+
+@contextlib.contextmanager
+def running_stack(root: Path, s3: SeaweedS3, model_cache: Path, **env: str) -> Iterator[Stack]:
+    """A stack (its own Valkey under `root`, the API started) for fixtures wider than one test."""
+    vk = Valkey(root / "valkey").start()
+    stack = Stack(root, s3, vk, model_cache, **env)
+    try:
+        stack.start_api()
+        yield stack
+    finally:
+        stack.stop()
+        vk.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contrail.client import Client, UnprocessableEntityError
-from tests.service_fixtures import KEY_A, Stack
+from tests.service_fixtures import KEY_A, Stack, running_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGYQA = ROOT / "examples" / "strategyqa-dev-20.json"
@@ -33,24 +33,17 @@ GOOD = {"id": "a", "question": "Is the sky blue?", "answer": "yes", "choices": [
 def istack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    from tests.servers import Valkey
-
     s3 = request.getfixturevalue("s3_server")
     tmp = tmp_path_factory.mktemp("inputs")
-    vk = Valkey(tmp / "valkey").start()
-    stack = Stack(
+    with running_stack(
         tmp,
         s3,
-        vk,
         tmp,
         CONTRAIL_DECLARED_MODELS="tiny, contrail-test/tiny@main",
         CONTRAIL_MAX_LINE_BYTES=str(MAX_LINE),
         CONTRAIL_RATE_LIMIT_PER_MINUTE="100000",
-    )
-    stack.start_api()
-    yield stack
-    stack.stop()
-    vk.stop()
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture

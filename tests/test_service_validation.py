@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service_fixtures import KEY_A, Stack, announce_worker, items_jsonl
+from tests.service_fixtures import KEY_A, Stack, announce_worker, items_jsonl, running_stack
 
 GOOD = {"id": "a", "question": "Is the sky blue?", "answer": "yes", "choices": ["yes", "no"]}
 
@@ -22,24 +22,17 @@ def line(**over: Any) -> str:
 def vstack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    from tests.servers import Valkey
-
     s3 = request.getfixturevalue("s3_server")
     tmp = tmp_path_factory.mktemp("validation")
-    vk = Valkey(tmp / "valkey").start()
-    stack = Stack(
+    with running_stack(
         tmp,
         s3,
-        vk,
         tmp,
         CONTRAIL_MAX_UPLOAD_BYTES=str(48 << 20),
         CONTRAIL_MAX_QUEUED_ITEMS="1000",
         CONTRAIL_RATE_LIMIT_PER_MINUTE="100000",
-    )
-    stack.start_api()
-    yield stack
-    stack.stop()
-    vk.stop()
+    ) as stack:
+        yield stack
 
 
 def nothing_stored(stack: Stack) -> None:

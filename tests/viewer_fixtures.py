@@ -15,8 +15,16 @@ from typing import Any
 
 import pytest
 
-from tests.servers import SeaweedS3, Valkey
-from tests.service_fixtures import KEY_A, KEY_B, MODEL, Stack, items_jsonl, read_jsonl
+from tests.servers import SeaweedS3
+from tests.service_fixtures import (
+    KEY_A,
+    KEY_B,
+    MODEL,
+    Stack,
+    items_jsonl,
+    read_jsonl,
+    running_stack,
+)
 
 N_ITEMS = 32
 DECODING: dict[str, Any] = {
@@ -74,18 +82,14 @@ def viewer_stack(
     tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3, service_model_cache: Path
 ) -> Iterator[ViewerStack]:
     tmp = tmp_path_factory.mktemp("viewer")
-    vk = Valkey(tmp / "valkey").start()
     # One shard per wave so progress moves in steps; jobs accepted before a worker runs.
-    stack = Stack(
+    with running_stack(
         tmp,
         s3_server,
-        vk,
         service_model_cache,
         CONTRAIL_REQUIRE_LIVE_WORKER="false",
         CONTRAIL_BATCH_SHARDS="1",
-    )
-    try:
-        stack.start_api()
+    ) as stack:
         file_a = stack.upload(items_jsonl(N_ITEMS)).json()["id"]
         file_b = stack.upload(items_jsonl(4), key=KEY_B).json()["id"]
         file_b_a = stack.upload(items_jsonl(4)).json()["id"]
@@ -97,6 +101,3 @@ def viewer_stack(
             job_stuck=_submit(stack, KEY_A, file_b_a, DECODING, model="nobody-serves-this"),
         )
         yield vs
-    finally:
-        stack.stop()
-        vk.stop()

@@ -19,6 +19,7 @@ exactly, so an empty or truncated engine output cannot pass as a prefix.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,3 +150,33 @@ def contrastive_decode(
     raw = text(emitted)
     cut = min([raw.find(s) for s in stop if s in raw], default=len(raw))
     return Decoded(emitted, finish, raw[:cut].strip())
+
+
+def assert_equals_contrastive_loop(
+    results: Sequence[Any], requests: Sequence[Any], model: Any, tokenizer: Any, min_tokens: int
+) -> int:
+    """Each engine result (a DecodeResult) is exactly `contrastive_decode` of its request (a
+    DecodeRequest): tokens, finish reason and text. Returns the tokens compared, at least
+    `min_tokens`, so short or empty outputs cannot make the comparison vacuous."""
+    compared = 0
+    for result, request in zip(results, requests, strict=True):
+        assert request.neg_prompt is not None
+        s = request.settings
+        want = contrastive_decode(
+            model,
+            tokenizer,
+            request.pos_prompt,
+            request.neg_prompt,
+            lam=s.lam,
+            alpha=s.alpha,
+            temperature=s.temperature,
+            max_new_tokens=s.max_new_tokens,
+            stop=s.stop,
+        )
+        got = (result.token_ids, result.finish_reason.value, result.text)
+        assert got == (want.token_ids, want.finish, want.text), (
+            f"oracle differs: {request.request_id}"
+        )
+        compared += len(want.token_ids)
+    assert compared >= min_tokens, f"only {compared} tokens compared"
+    return compared

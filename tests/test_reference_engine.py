@@ -24,7 +24,11 @@ from contrail.worker.engine.stopping import Action, StopRule, finalize_text
 from contrail.worker.models import ModelSpec
 from tests.research_data import DATA as RESEARCH_DATA
 
-from .oracle import cfg_generate, contrastive_decode, greedy_generate
+from .oracle import (
+    assert_equals_contrastive_loop,
+    cfg_generate,
+    greedy_generate,
+)
 
 DATA = RESEARCH_DATA / "strategyqa"
 
@@ -269,25 +273,10 @@ def test_tiny_mixed_settings_match_the_method_loop(tiny_engine: ReferenceEngine)
         for i in range(len(pairs))
     ]
     requests = _requests(pairs, settings)
-    compared = 0
-    for request, result in zip(requests, tiny_engine.generate(requests), strict=True):
-        assert request.neg_prompt is not None
-        s = request.settings
-        want = contrastive_decode(
-            tiny_engine.model,
-            tiny_engine.tokenizer,
-            request.pos_prompt,
-            request.neg_prompt,
-            lam=s.lam,
-            alpha=s.alpha,
-            temperature=s.temperature,
-            max_new_tokens=s.max_new_tokens,
-            stop=s.stop,
-        )
-        got = (result.token_ids, result.finish_reason.value, result.text)
-        assert got == (want.token_ids, want.finish, want.text), request.request_id
-        compared += len(want.token_ids)
-    assert compared >= 120
+    results = tiny_engine.generate(requests)
+    assert_equals_contrastive_loop(
+        results, requests, tiny_engine.model, tiny_engine.tokenizer, min_tokens=120
+    )
 
 
 def test_tiny_greedy_matches_transformers(tiny_engine: ReferenceEngine) -> None:

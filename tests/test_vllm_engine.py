@@ -32,7 +32,7 @@ from contrail.worker.engine.reference import ReferenceEngine
 from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
 from tests.research_data import DATA
 
-from .oracle import cfg_generate, contrastive_decode
+from .oracle import assert_equals_contrastive_loop, cfg_generate
 
 pytestmark = pytest.mark.vllm
 
@@ -117,28 +117,9 @@ def _assert_equals_oracle(
     oracle_engine: ReferenceEngine,
     min_tokens: int,
 ) -> int:
-    """Exactly the independent loop's tokens, finish reason and text; returns the tokens compared
-    (at least `min_tokens`, so short or empty outputs cannot make the comparison vacuous)."""
-    compared = 0
-    for res, req in zip(results, requests, strict=True):
-        assert req.neg_prompt is not None
-        s = req.settings
-        want = contrastive_decode(
-            oracle_engine.model,
-            oracle_engine.tokenizer,
-            req.pos_prompt,
-            req.neg_prompt,
-            lam=s.lam,
-            alpha=s.alpha,
-            temperature=s.temperature,
-            max_new_tokens=s.max_new_tokens,
-            stop=s.stop,
-        )
-        got = (res.token_ids, res.finish_reason.value, res.text)
-        assert got == (want.token_ids, want.finish, want.text), f"oracle differs: {req.request_id}"
-        compared += len(want.token_ids)
-    assert compared >= min_tokens, f"only {compared} tokens compared"
-    return compared
+    return assert_equals_contrastive_loop(
+        results, requests, oracle_engine.model, oracle_engine.tokenizer, min_tokens
+    )
 
 
 def test_pair_engine_equals_reference_and_cfg_on_tiny_model(

@@ -17,6 +17,7 @@ from contrail.client.cli.options import decoding_settings, make_client, task_arg
 from contrail.client.cli.plugins import CommandRegistry
 from contrail.client.jobs import DEFAULT_MODEL
 from contrail.client.types import TaskName
+from contrail.worker.eval_options import add_simulator_arguments
 
 
 def cmd_serve_worker(args: argparse.Namespace) -> int:
@@ -151,40 +152,7 @@ def register(registry: CommandRegistry) -> None:
         help="rationale quality of datasets or jobs: signals, LAS (docs/QUALITY.md)",
     )
     p.add_argument("datasets", nargs="+", help="dataset .jsonl/.parquet files or job ids")
-    p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
-    p.add_argument(
-        "--simulator", default=DEFAULT_MODEL, help="LAS simulator's language model: name or folder"
-    )
-    p.add_argument(
-        "--simulator-kind",
-        choices=["trained", "zero-shot"],
-        default="trained",
-        help="trained: frozen LM + logistic head trained on held-out-free data (default); "
-        "zero-shot: option log-likelihood after a fixed prompt",
-    )
-    p.add_argument(
-        "--simulator-layer", type=int, default=16, help="hidden layer the trained simulator reads"
-    )
-    p.add_argument(
-        "--simulator-training",
-        choices=["auto", "head", "cross-fit"],
-        default="auto",
-        help="auto: the committed head of the dataset's task when there is one (StrategyQA, "
-        "CREAK), else cross-fit on the dataset; head: insist on it; cross-fit: always",
-    )
-    p.add_argument(
-        "--train-data",
-        type=Path,
-        default=None,
-        help="records to train the simulator on (overrides --simulator-training)",
-    )
-    p.add_argument("--folds", type=int, default=5, help="cross-fitting folds by item")
-    p.add_argument(
-        "--calibration",
-        choices=["batch", "none"],
-        default="batch",
-        help="zero-shot simulator only: batch calibration",
-    )
+    add_simulator_arguments(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the summaries here")

@@ -51,10 +51,9 @@ from contrail.worker.eval_las import (
     render_context,
     sim_inputs,
 )
+from contrail.worker.eval_options import DEFAULT_FOLDS, DEFAULT_LAYER, TRAININGS, Training
 
-DEFAULT_LAYER: Final = 16
 DEFAULT_C: Final = 0.001
-DEFAULT_FOLDS: Final = 5
 MIN_TRAIN_RECORDS: Final = 20
 _FOLD_SALT: Final = "las-simulator-fold"
 
@@ -217,10 +216,6 @@ class FeatureStore:
                 "INSERT OR REPLACE INTO states VALUES (?, ?, ?)",
                 [(self._key(t), v.astype(np.float32).tobytes(), each) for t, v in rows.items()],
             )
-
-
-Training = Literal["auto", "head", "cross-fit"]  # the `--simulator-training` choices
-TRAININGS: Final[tuple[Training, ...]] = ("auto", "head", "cross-fit")
 
 
 class TrainedSimulator:

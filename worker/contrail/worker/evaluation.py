@@ -48,10 +48,8 @@ from contrail.worker.eval_las import (
     Simulator,
     evaluate_las,
 )
+from contrail.worker.eval_options import add_simulator_arguments
 from contrail.worker.eval_simulator import (
-    DEFAULT_FOLDS,
-    DEFAULT_LAYER,
-    TRAININGS,
     TrainedSimulator,
 )
 from contrail.worker.export import export_student, load_records
@@ -312,54 +310,6 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="write the summaries here")
     p.add_argument(
         "--report-dir", type=Path, default=None, help="write report.md + report.png here"
-    )
-
-
-def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
-    """The LAS simulator options of `eval` (shared with the `contrail eval` command)."""
-    p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
-    p.add_argument(
-        "--simulator", default="smollm2-135m", help="simulator language model: name or folder"
-    )
-    p.add_argument(
-        "--simulator-kind",
-        choices=["trained", "zero-shot"],
-        default="trained",
-        help="trained: frozen LM + logistic head trained on held-out-free data (default); "
-        "zero-shot: option log-likelihood after a fixed prompt",
-    )
-    p.add_argument(
-        "--simulator-layer",
-        type=int,
-        default=DEFAULT_LAYER,
-        help=f"hidden layer the trained simulator reads (default {DEFAULT_LAYER})",
-    )
-    p.add_argument(
-        "--simulator-training",
-        choices=TRAININGS,
-        default="auto",
-        help="trained simulator's head: auto (default) = the committed head of the dataset's "
-        "task (StrategyQA, CREAK; trained on the task's training split) when there is one, "
-        "else cross-fit on the dataset; head = insist on the committed head; cross-fit = always "
-        "cross-fit",
-    )
-    p.add_argument(
-        "--train-data",
-        type=Path,
-        default=None,
-        help="records (.jsonl/.parquet) to train the simulator on (overrides --simulator-training)",
-    )
-    p.add_argument(
-        "--folds",
-        type=int,
-        default=DEFAULT_FOLDS,
-        help=f"cross-fitting folds by item (default {DEFAULT_FOLDS})",
-    )
-    p.add_argument(
-        "--calibration",
-        choices=["batch", "none"],
-        default="batch",
-        help="zero-shot simulator only: batch calibration of option scores",
     )
 
 

@@ -1,0 +1,66 @@
+"""Command-line options of the LAS simulator, shared by `contrail eval` and
+`python -m contrail.worker.evaluation eval`.
+
+Kept free of numpy and torch: the `contrail` CLI builds its parser from this module on every
+start, and the simulator modules take their defaults from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Final, Literal
+
+DEFAULT_LAYER: Final = 16
+DEFAULT_FOLDS: Final = 5
+Training = Literal["auto", "head", "cross-fit"]  # the `--simulator-training` choices
+TRAININGS: Final[tuple[Training, ...]] = ("auto", "head", "cross-fit")
+
+
+def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
+    """The LAS simulator options of `python -m contrail.worker.evaluation eval` and of the
+    `contrail eval` command."""
+    p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
+    p.add_argument(
+        "--simulator", default="smollm2-135m", help="simulator language model: name or folder"
+    )
+    p.add_argument(
+        "--simulator-kind",
+        choices=["trained", "zero-shot"],
+        default="trained",
+        help="trained: frozen LM + logistic head trained on held-out-free data (default); "
+        "zero-shot: option log-likelihood after a fixed prompt",
+    )
+    p.add_argument(
+        "--simulator-layer",
+        type=int,
+        default=DEFAULT_LAYER,
+        help=f"hidden layer the trained simulator reads (default {DEFAULT_LAYER})",
+    )
+    p.add_argument(
+        "--simulator-training",
+        choices=TRAININGS,
+        default="auto",
+        help="trained simulator's head: auto (default) = the committed head of the dataset's "
+        "task (StrategyQA, CREAK; trained on the task's training split) when there is one, "
+        "else cross-fit on the dataset; head = insist on the committed head; cross-fit = always "
+        "cross-fit",
+    )
+    p.add_argument(
+        "--train-data",
+        type=Path,
+        default=None,
+        help="records (.jsonl/.parquet) to train the simulator on (overrides --simulator-training)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=DEFAULT_FOLDS,
+        help=f"cross-fitting folds by item (default {DEFAULT_FOLDS})",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=["batch", "none"],
+        default="batch",
+        help="zero-shot simulator only: batch calibration of option scores",
+    )

@@ -43,6 +43,7 @@ from contrail.worker.eval_las import (
     record_options,
     render_context,
     sim_inputs,
+    token_batches,
 )
 from contrail.worker.models import resolve_model
 
@@ -80,6 +81,7 @@ class LoraReader:
         self._ids: dict[str, list[int]] = {}
         self.epoch = 0
         self.feature_seconds = self.train_seconds = 0.0
+        self.examples: list[tuple[str, int]] = []
         self.train_records = 0
 
     # ------------------------------------------------------------------ lower blocks, cached
@@ -93,19 +95,13 @@ class LoraReader:
         start = time.perf_counter()
         todo = sorted({t for t in texts if t not in self.states}, key=lambda t: len(self.ids(t)))
         with torch.inference_mode():
-            i = 0
-            while i < len(todo):
-                j = i + 1
-                while j < len(todo) and (j + 1 - i) * len(self.ids(todo[j])) <= 4096:
-                    j += 1
-                chunk = todo[i:j]
+            for chunk in token_batches(todo, lambda t: len(self.ids(t)), 4096):
                 width = max(len(self.ids(t)) for t in chunk)
                 # Right padding: attention is causal, so pads never reach the real tokens.
                 x = torch.tensor([self.ids(t) + [0] * (width - len(self.ids(t))) for t in chunk])
                 h = run_blocks(self._lower, self._embed(x), self._rotary)
                 for k, t in enumerate(chunk):
                     self.states[t] = h[k, : len(self.ids(t))].to(torch.float16).clone()
-                i = j
         self.feature_seconds += time.perf_counter() - start
 
     def _batch(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,16 +112,23 @@ class LoraReader:
         return h, torch.tensor([len(self.ids(t)) - 1 for t in texts])
 
     # ------------------------------------------------------------------ training
-    def train_epoch(self, examples: list[tuple[str, int]], rng: random.Random) -> float:
-        """One pass over (prompt, option index) examples; returns the mean loss."""
+    def start_training(self, examples: list[tuple[str, int]]) -> None:
+        """Take the (prompt, option index) examples, read their frozen states and set up AdamW
+        with 50 warm-up steps and a linear decay to 0 over `args.epochs` epochs."""
+        self.examples = examples
+        self.train_records = len(examples) // len(CONDITIONS)
+        self.read([t for t, _ in examples])
+        params = [p for p in self.upper.parameters() if p.requires_grad]
+        self._opt = torch.optim.AdamW(params, lr=self.args.lr, weight_decay=0.0)
+        steps = self.args.epochs * -(-len(examples) // self.args.batch)
+        self._sched = torch.optim.lr_scheduler.LambdaLR(
+            self._opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps)
+        )
+
+    def train_epoch(self, rng: random.Random) -> float:
+        """One pass over the examples in a seeded order; returns the mean loss."""
         start = time.perf_counter()
-        if not hasattr(self, "_opt"):
-            params = [p for p in self.upper.parameters() if p.requires_grad]
-            self._opt = torch.optim.AdamW(params, lr=self.args.lr, weight_decay=0.0)
-            steps = self.args.epochs * -(-len(examples) // self.args.batch)
-            self._sched = torch.optim.lr_scheduler.LambdaLR(
-                self._opt, lambda s: min(1.0, (s + 1) / 50) * max(0.0, 1 - s / steps)
-            )
+        examples = self.examples
         self.upper.train()
         rng.shuffle(examples)
         # Length-bucketed batches (sorted within windows of 16 batches) waste little on padding.
@@ -257,17 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     options = record_options(train[0])
     assert options is not None
     reader = LoraReader(args, options)
-    examples = examples_of(reader, train)
-    reader.train_records = len(examples) // len(CONDITIONS)
     if args.states_cache and args.states_cache.exists():
         reader.states = torch.load(args.states_cache)
-    reader.read([t for t, _ in examples])
+    reader.start_training(examples_of(reader, train))
     if args.states_cache:
         torch.save(reader.states, args.states_cache)
     rng = random.Random(args.seed)
     epochs: list[dict[str, Any]] = []
     for epoch in range(args.epochs + 1):
-        loss = reader.train_epoch(examples, rng) if epoch else None
+        loss = reader.train_epoch(rng) if epoch else None
         result = validate(reader.name, reader, human, shuffled, args.bootstrap, args.seed)
         result["epoch"], result["train_loss"] = epoch, loss
         epochs.append(result)

@@ -38,10 +38,10 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -430,6 +430,24 @@ def evaluate_las(
 # ---------------------------------------------------------------------------------------------
 
 
+_Item = TypeVar("_Item")
+
+
+def token_batches(
+    items: Sequence[_Item], length: Callable[[_Item], int], max_tokens: int
+) -> Iterator[Sequence[_Item]]:
+    """Consecutive runs of `items` (sorted shortest first) whose padded size, count times the
+    last one's length, stays within `max_tokens`; an item longer than that goes alone. One
+    forward pass per run keeps padding small and memory bounded."""
+    start = 0
+    while start < len(items):
+        end = start + 1
+        while end < len(items) and (end + 1 - start) * length(items[end]) <= max_tokens:
+            end += 1
+        yield items[start:end]
+        start = end
+
+
 def render_context(inp: SimInput) -> str:
     """The zero-shot simulator prompt, up to "A: The answer is" (see the module docstring)."""
     lines: list[str] = []
@@ -520,17 +538,8 @@ class LikelihoodSimulator:
                 jobs.extend((s, j, ctx, o) for j, o in enumerate(opts))
         results: dict[tuple[int, int], Any] = {}
         jobs.sort(key=lambda j: len(j[2]) + len(j[3]))
-        start = 0
-        while start < len(jobs):
-            end = start + 1
-            while (
-                end < len(jobs)
-                and (end + 1 - start) * (len(jobs[end][2]) + len(jobs[end][3]))
-                <= self._max_batch_tokens
-            ):
-                end += 1
-            self._run(jobs[start:end], results)
-            start = end
+        for batch in token_batches(jobs, lambda j: len(j[2]) + len(j[3]), self._max_batch_tokens):
+            self._run(batch, results)
         for s, (key, _, opts) in enumerate(seqs):
             if (s, -1) in results:
                 last = results[(s, -1)]
@@ -596,4 +605,5 @@ __all__ = [
     "render_context",
     "simulate",
     "simulator_info",
+    "token_batches",
 ]

@@ -50,6 +50,7 @@ from contrail.worker.eval_las import (
     SimulatorInfo,
     render_context,
     sim_inputs,
+    token_batches,
 )
 from contrail.worker.eval_options import DEFAULT_FOLDS, DEFAULT_LAYER, TRAININGS, Training
 
@@ -138,13 +139,8 @@ class HiddenStateEncoder:
             todo = [t for t in todo if t not in self._cache]
         ids = {t: list(self._tok(t, add_special_tokens=False)["input_ids"]) for t in todo}
         todo.sort(key=lambda t: len(ids[t]))
-        i = 0
-        while i < len(todo):
-            j = i + 1
-            while j < len(todo) and (j + 1 - i) * len(ids[todo[j]]) <= self._max_batch_tokens:
-                j += 1
-            self._run([ids[t] for t in todo[i:j]], todo[i:j])
-            i = j
+        for batch in token_batches(todo, lambda t: len(ids[t]), self._max_batch_tokens):
+            self._run([ids[t] for t in batch], list(batch))
         self.seconds += time.perf_counter() - start
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -260,6 +260,9 @@ def test_templates_are_validated_and_recorded(istack: Stack, client: Client) -> 
         ("Claim: {question}", "{answer} exactly once"),
         ("{question} {answer} ", "must not end with whitespace"),
         ("{question {answer}", "not a valid format string"),
+        # Padding to a billion characters once cost the API 1 GB and OOM-killed workers.
+        ("Q: {question:>999999999}\nA: {answer}.", "format spec or conversion"),
+        ("Q: {question!r}\nA: {answer}.", "format spec or conversion"),
     ]:
         with pytest.raises(UnprocessableEntityError) as info:
             client.jobs.create(items=[GOOD], model="tiny", template=bad)

@@ -150,7 +150,12 @@ def test_user_template_renders_demos_and_query() -> None:
         ("A: {answer}.", "must contain {question}"),
         ("Q: {question\nA: {answer}.", "not a valid format string"),
         ("Q: {question}\nA: {answer}. ", "must not end with whitespace"),
-        ("Q: {question!z}\nA: {answer}.", "cannot be rendered"),
+        ("Q: {question!z}\nA: {answer}.", "format spec or conversion"),
+        # A short template that renders to a gigabyte (the OOM of issue 19), and repr.
+        ("Q: {question:>999999999}\nA: {answer}.", "{question:>999999999} has a format spec"),
+        ("Q: {question!r}\nA: {answer}.", "{question!r} has a format spec"),
+        ("Q: {question}\n{choices:^{answer}}A: {answer}.", "format spec or conversion"),
+        ("Q: {question}\nA: {answer!s:>20}.", "{answer!s:>20} has a format spec"),
     ],
 )
 def test_invalid_templates_are_rejected_up_front(text: str, message: str) -> None:

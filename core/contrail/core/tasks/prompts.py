@@ -68,11 +68,26 @@ class PromptTemplate:
 
     def _validate(self) -> None:
         try:
-            names = [
-                name for _, name, _, _ in string.Formatter().parse(self.text) if name is not None
+            fields = [
+                (name, spec, conversion)
+                for _, name, spec, conversion in string.Formatter().parse(self.text)
+                if name is not None
             ]
         except ValueError as exc:
             raise TemplateError(f"template is not a valid format string: {exc}") from exc
+        # A format spec or conversion lets a short template render to any size ("{question:>
+        # 999999999}" is a 1 GB prompt) or call repr; plain placeholders keep a rendered block
+        # within the template's length plus its fields'.
+        for name, spec, conversion in fields:
+            if spec or conversion:
+                shown = (
+                    name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+                )
+                raise TemplateError(
+                    f"template placeholder {{{shown}}} has a format spec or conversion; only "
+                    "plain {question}, {choices} and {answer} are allowed"
+                )
+        names = [name for name, _, _ in fields]
         unknown = sorted({n for n in names if n not in self.FIELDS})
         if unknown:
             raise TemplateError(
@@ -120,6 +135,17 @@ def render_block(
         return head
     # One line: a blank line or "\nQ:" inside a demonstration would read as a stop string.
     return f"{head} {' '.join(rationale.split())}"
+
+
+def demonstrations_length(
+    task: TaskName, demonstrations: Sequence[Demonstration], template: PromptTemplate | None = None
+) -> int:
+    """Characters the demonstration blocks (and their separators) add before a query block."""
+    return sum(
+        len(render_block(task, d.question, d.choices, d.answer, d.rationale, template))
+        + len(BLOCK_SEPARATOR)
+        for d in demonstrations
+    )
 
 
 def build_prompt(

@@ -12,6 +12,7 @@ import pytest
 from contrail.client.types import (
     DecodingMode,
     DecodingSettings,
+    Demonstration,
     ErrorCode,
     FinishReason,
     Item,
@@ -397,3 +398,24 @@ def test_generate_batches_requests() -> None:
     ]
     with pytest.raises(ValueError):
         list(generate(engine, items, TaskName.CSQA, _settings(), batch_size=0))
+
+
+def test_prompts_over_the_engine_bound_are_refused_before_they_are_built() -> None:
+    """A prompt longer than `max_prompt_chars` is prompt_too_long at planning: decided from the
+    blocks' lengths, so neither prompt of the pair is assembled, and its shard-mates plan."""
+    huge = Item(id="huge", question="Which? " + "x" * 5000, answer="a", choices=["a", "b"])
+    demos = [
+        Demonstration(question="Demo " + "d" * 400, answer="a", rationale="r.", choices=["a", "b"])
+    ]
+    settings = _settings(num_demonstrations=1)
+    free = plan([MC, huge], TaskName.CSQA, settings, "fake", demos)
+    bound = max(len(p) for r in free.decode_requests for p in (r.pos_prompt, r.neg_prompt or ""))
+    short = max(len(r.pos_prompt) for r in free.decode_requests if r.request_id.startswith("mc"))
+    bounded = plan([MC, huge], TaskName.CSQA, settings, "fake", demos, None, short)
+    assert [r.request_id for r in bounded.decode_requests] == ["mc#factual"]
+    assert [(e.item_id, e.code) for e in bounded.errors] == [("huge", "prompt_too_long")]
+    # The bound is on the whole prompt, demonstrations included, and it is inclusive.
+    exact = plan([MC, huge], TaskName.CSQA, settings, "fake", demos, None, bound)
+    assert exact.errors == [] and len(exact.decode_requests) == 2
+    too_small = plan([MC], TaskName.CSQA, settings, "fake", demos, None, short - 1)
+    assert [e.code for e in too_small.errors] == ["prompt_too_long"]

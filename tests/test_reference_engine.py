@@ -426,3 +426,17 @@ def test_smollm2_greedy_matches_transformers(smollm2_engine: ReferenceEngine) ->
         _check_against(result, expected)
         # the text rule ended it (or EOS, or the length): never an invented next question
         assert "\nQ:" not in result.text and "\n\n" not in result.text
+
+
+def test_prompt_char_bound_is_safe_for_the_tokenizer(tiny_model_path: Path) -> None:
+    """Past `max_prompt_chars` a prompt surely has more tokens than the context: texts just over
+    the bound, made of the vocabulary's longest entries and of plain words, tokenize longer."""
+    engine = ReferenceEngine(ModelSpec("tiny", tiny_model_path), max_model_len=64)
+    bound = engine.max_prompt_chars
+    assert bound is not None and bound >= 64
+    vocab = engine.tokenizer.get_vocab()
+    longest = max(vocab, key=len)
+    text = engine.tokenizer.convert_tokens_to_string([longest])
+    for sample in (text * (bound // max(len(text), 1) + 1), "word " * (bound // 5 + 1)):
+        sample = sample[: bound + 1]
+        assert len(engine.tokenizer(sample)["input_ids"]) > 64

@@ -56,7 +56,9 @@ def run_generate(
     loaded = load_items(input_path, task, fmt)
     items = loaded.items[:limit] if limit is not None else loaded.items
     decoder = engine if isinstance(engine, Engine) else create_engine(engine, model)
-    job = pipeline.plan(items, task, settings, decoder.model_name, demonstrations)
+    job = pipeline.plan(
+        items, task, settings, decoder.model_name, demonstrations, None, decoder.max_prompt_chars
+    )
     start = time.perf_counter()
     tokens = 0
     with DatasetWriter(output_path, parquet=parquet) as writer:

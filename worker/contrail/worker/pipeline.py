@@ -34,7 +34,12 @@ from contrail.core.tasks.perturb import (
     contrast_answer,
     counterfactual_answer,
 )
-from contrail.core.tasks.prompts import PromptTemplate, build_prompt
+from contrail.core.tasks.prompts import (
+    PromptTemplate,
+    build_prompt,
+    demonstrations_length,
+    render_block,
+)
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult, Engine
 from contrail.worker.item_errors import error_code, item_error, log_engine_errors, message
 
@@ -112,9 +117,14 @@ def plan(
     model_name: str,
     demonstrations: Sequence[Demonstration] | None = None,
     template: str | PromptTemplate | None = None,
+    max_prompt_chars: int | None = None,
 ) -> Plan:
     """Every DecodeRequest of a job, plus an ItemError for each rationale that cannot be
     planned (so requests + errors = the rationales the items owe).
+
+    A rationale whose C+ or C- prompt would be longer than `max_prompt_chars` (the engine's
+    `max_prompt_chars`: it cannot fit the context) is a prompt_too_long error, decided from the
+    blocks' lengths before the prompt is assembled or tokenized.
 
     Raises TemplateError for an invalid `template` (validate it when the job is submitted).
     """
@@ -126,6 +136,7 @@ def plan(
     job = Plan(task=task, settings=settings, model_name=model_name)
     for item in items:
         demos = selector.for_query(item)
+        demo_chars = demonstrations_length(task, demos, block_template)
         for tag in owed_tags(item.id, settings):
             try:
                 answer, negative = _answer_slot(item, task, settings, tag)
@@ -133,6 +144,15 @@ def plan(
                 job.errors.append(
                     item_error("invalid_item", item_id=item.id, tag=tag, field="wrong_answers")
                 )
+                continue
+            slots = [answer] if negative is None else [answer, negative]
+            if max_prompt_chars is not None and any(
+                demo_chars
+                + len(render_block(task, item.question, item.choices, a, None, block_template))
+                > max_prompt_chars
+                for a in slots
+            ):
+                job.errors.append(item_error("prompt_too_long", item_id=item.id, tag=tag))
                 continue
             pos = build_prompt(task, item, answer, demos, block_template)
             neg = (
@@ -249,7 +269,9 @@ def generate(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    job = plan(items, task, settings, engine.model_name, demonstrations, template)
+    job = plan(
+        items, task, settings, engine.model_name, demonstrations, template, engine.max_prompt_chars
+    )
     yield from job.errors
     for start in range(0, len(job.requests), batch_size):
         yield from decode_batch(engine, job, job.requests[start : start + batch_size])

@@ -7,7 +7,7 @@ everywhere (and a prompt that is too long is a per-request error, not an excepti
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from contrail.client.types import DEFAULT_STOP, FinishReason
@@ -64,12 +64,30 @@ class EngineStats:
     waves: int = 0
 
 
+def prompt_char_bound(token_strings: Iterable[str], max_model_len: int) -> int | None:
+    """The prompt length in characters past which a prompt surely has more than max_model_len
+    tokens: every token covers at most as many characters as its longest vocabulary entry (a
+    byte-level entry has one character per byte; byte-fallback entries like "<0x41>" only make
+    the bound looser). None when there is no context limit to derive it from.
+
+    Prompts over it are refused before they are built in full or tokenized, so an item, its
+    demonstrations and its two prompts cannot cost a worker more than about this much memory.
+    """
+    if max_model_len <= 0:
+        return None
+    longest = max((len(t) for t in token_strings), default=0)
+    return max_model_len * max(longest, 1)
+
+
 class Engine(ABC):
     """Decodes batches of requests. Implementations: VllmPairEngine, ReferenceEngine."""
 
     model_name: str
     max_model_len: int
     stats: EngineStats
+    # Characters of a prompt past which it cannot fit max_model_len (prompt_char_bound); None
+    # means no bound. Planning refuses longer prompts as prompt_too_long.
+    max_prompt_chars: int | None = None
 
     @abstractmethod
     def generate(self, requests: Sequence[DecodeRequest]) -> list[DecodeResult]:

@@ -38,6 +38,7 @@ from contrail.worker.engine.base import (
     DecodeResult,
     Engine,
     EngineStats,
+    prompt_char_bound,
 )
 from contrail.worker.engine.scoring import contrastive_choice
 from contrail.worker.engine.stopping import Action, StopRule, finalize_text, token_texts
@@ -121,6 +122,7 @@ class ReferenceEngine(Engine):
         if limit and self.max_model_len > limit:
             raise ValueError(f"max_model_len {self.max_model_len} > model limit {limit}")
         self.vocab_size = int(config.vocab_size)
+        self.max_prompt_chars = prompt_char_bound(self.tokenizer.get_vocab(), self.max_model_len)
 
         gen = getattr(self.model, "generation_config", None)
         eos = _as_id_list(getattr(gen, "eos_token_id", None))

@@ -29,6 +29,7 @@ from contrail.worker.engine.base import (
     DecodeResult,
     Engine,
     EngineStats,
+    prompt_char_bound,
 )
 from contrail.worker.engine.lockstep import MemberOutput, PairProgress
 from contrail.worker.engine.stopping import finalize_text
@@ -116,6 +117,7 @@ class VllmPairEngine(Engine):
         self.model_name = model_name or os.path.basename(model_path.rstrip("/"))
         config = self.llm.llm_engine.vllm_config
         self.max_model_len = int(config.model_config.max_model_len)
+        self.max_prompt_chars = prompt_char_bound(self.tokenizer.get_vocab(), self.max_model_len)
         cache = config.cache_config
         self._kv_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
         self._max_batched = int(config.scheduler_config.max_num_batched_tokens)

@@ -356,16 +356,18 @@ class WorkerProc:
         *,
         burst: bool = False,
         prefix: Sequence[str] = (),
+        module: str = "contrail.worker",
     ) -> None:
         self.env = dict(env)
         self.burst = burst
         self.log_dir = log_dir
         self.prefix = list(prefix)  # e.g. a namespace wrapper that execs the worker
+        self.module = module  # tests.poison_worker: the worker with a fault hook
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
 
     def start(self) -> WorkerProc:
-        args = [*self.prefix, PY, "-m", "contrail.worker"]
+        args = [*self.prefix, PY, "-m", self.module]
         if self.burst:
             args.append("--burst")
         n = len(list(self.log_dir.glob("worker-*.log")))

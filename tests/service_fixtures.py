@@ -67,9 +67,17 @@ class Stack:
         return self.api
 
     def worker(
-        self, *, burst: bool = False, wait: bool = True, prefix: Sequence[str] = (), **env: str
+        self,
+        *,
+        burst: bool = False,
+        wait: bool = True,
+        prefix: Sequence[str] = (),
+        module: str = "contrail.worker",
+        **env: str,
     ) -> WorkerProc:
-        w = WorkerProc({**self.env, **env}, self.tmp, burst=burst, prefix=prefix).start()
+        w = WorkerProc(
+            {**self.env, **env}, self.tmp, burst=burst, prefix=prefix, module=module
+        ).start()
         self.workers.append(w)
         if wait:
             try:

@@ -217,6 +217,7 @@ ErrorCode = Literal[
     "answer_not_in_choices",
     "duplicate_id",
     "prompt_too_long",
+    "worker_crashed",  # the item was in flight when two workers died: set aside (poison item)
     "lockstep_exhausted",
     "empty_input",
     "not_utf8",

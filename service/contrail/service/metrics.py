@@ -59,6 +59,10 @@ _COUNTERS = {
     ),
     "shards_dead": ("contrail_shards_dead_lettered", "Shards sent to the dead-letter stream"),
     "engine_errors": ("contrail_engine_errors", "Waves whose engine call raised"),
+    "items_set_aside": (
+        "contrail_items_set_aside",
+        "Items set aside as worker_crashed: in flight when two workers died (poison items)",
+    ),
     "jobs_completed": ("contrail_jobs_completed", "Jobs completed"),
     "jobs_failed": ("contrail_jobs_failed", "Jobs failed"),
     "jobs_cancelled": ("contrail_jobs_cancelled", "Jobs cancelled"),

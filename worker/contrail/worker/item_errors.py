@@ -28,6 +28,10 @@ MESSAGES: Final[dict[str, str]] = {
         "the prompt of this rationale plus max_new_tokens does not fit the model's context; "
         "shorten the item, or lower num_demonstrations or max_new_tokens"
     ),
+    "worker_crashed": (
+        "decoding this item stopped two workers (out of memory, or a crash in the engine), so it "
+        "was set aside to let the rest of the job finish; resubmit the job to try it again"
+    ),
     "lockstep_exhausted": (
         "the contrastive pair of this rationale could not be decoded together within the "
         "worker's memory budget; retry it, or lower max_new_tokens"

@@ -10,6 +10,8 @@ own files and changes nothing else.
 
 When the engine raises on a wave, the wave is split in halves and retried until the shard that
 fails alone is found: only that one is charged a failed delivery, its wave-mates are counted.
+A redelivered shard (its earlier delivery's worker may have died on one of its items) is decoded
+on its own, an item at a time, under the poison ledger of `contrail.worker.poison`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from contrail.client.types import Item, ItemError, JobStatus, RationaleRecord
+from contrail.client.types import FinishReason, Item, ItemError, JobStatus, RationaleRecord
 from contrail.core.jobs import protocol
 from contrail.core.jobs.protocol import ShardOutcome
 from contrail.core.jobs.queue import JobQueue, QueueMessage
@@ -28,7 +30,8 @@ from contrail.core.jobs.record import JobRecord
 from contrail.core.jobs.sizing import owed_tags
 from contrail.core.storage import Storage, shard_output_keys
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine
-from contrail.worker.pipeline import Plan, plan, to_records
+from contrail.worker.pipeline import Plan, plan, split_request_id, to_records
+from contrail.worker.poison import PoisonLedger
 from contrail.worker.resilience import RedisGuard
 
 log = logging.getLogger("contrail.worker")
@@ -92,7 +95,13 @@ class ShardProcessor:
         lines = self.storage.read_lines(job.input_key(msg.shard))
         items = [Item.model_validate_json(line) for line in lines]
         shard_plan = plan(
-            items, job.task, job.decoding, self.model, job.demonstrations, job.template
+            items,
+            job.task,
+            job.decoding,
+            self.model,
+            job.demonstrations,
+            job.template,
+            self.engine.max_prompt_chars,
         )
         prefix = f"{msg.job_id}/{msg.shard}/"
         requests = [
@@ -113,10 +122,45 @@ class ShardProcessor:
     # ------------------------------------------------------------------ decoding
     def decode(self, work: Sequence[ShardWork]) -> WaveReport:
         report = WaveReport()
-        for w, results, seconds in self._decode_isolating(list(work), report):
+        fresh = [w for w in work if w.msg.deliveries <= 1]
+        for w, results, seconds in self._decode_isolating(fresh, report) if fresh else []:
             self._resolve(w, results, seconds)
             report.decoded += 1
+        for w in (w for w in work if w.msg.deliveries > 1):
+            # Counted one by one: a death on a later shard does not undo this one's work.
+            self._resolve(*self._decode_alone(w))
+            report.decoded += 1
         return report
+
+    def _decode_alone(self, w: ShardWork) -> tuple[ShardWork, list[DecodeResult], float]:
+        """A redelivered shard, one item per engine call, each marked in flight first; items an
+        earlier attempt died on are set aside (worker_crashed) instead of decoded again."""
+        ledger = PoisonLedger(self.queue.r, w.msg.job_id, w.msg.shard)
+        dead = self.guard.call(ledger.settle)
+        log.warning(
+            "shard %s of %s is on delivery %d: decoding it alone, item by item%s",
+            w.msg.shard,
+            w.msg.job_id,
+            w.msg.deliveries,
+            f"; setting aside {sorted(dead)} (in flight when a worker died)" if dead else "",
+        )
+        t0 = time.perf_counter()
+        results: list[DecodeResult] = []
+        for item_id, requests in _by_item(w.requests, f"{w.msg.job_id}/{w.msg.shard}/"):
+            if item_id in dead:
+                self.guard.call(self.queue.count_stat, "items_set_aside")
+                results += [
+                    _failed(r, "worker_crashed: in flight when a worker died") for r in requests
+                ]
+                continue
+            self.guard.call(ledger.in_flight, item_id)
+            try:
+                results += self.engine.generate(requests)
+            except Exception as exc:
+                log.exception("engine failed on item %r of shard %s", item_id, w.msg.shard)
+                results += [_failed(r, f"engine_error: {exc}") for r in requests]
+            self.guard.call(ledger.landed)
+        return w, results, time.perf_counter() - t0
 
     def _decode_isolating(
         self, work: list[ShardWork], report: WaveReport
@@ -227,6 +271,22 @@ class ShardProcessor:
             for i in ids
             for tag in owed_tags(i, job.decoding)
         ]
+
+
+def _by_item(
+    requests: Sequence[DecodeRequest], prefix: str
+) -> list[tuple[str, list[DecodeRequest]]]:
+    """A shard's requests grouped by item (its factual and counterfactual rationales together),
+    in shard order."""
+    groups: dict[str, list[DecodeRequest]] = {}
+    for r in requests:
+        item_id, _tag = split_request_id(r.request_id.removeprefix(prefix))
+        groups.setdefault(item_id, []).append(r)
+    return list(groups.items())
+
+
+def _failed(request: DecodeRequest, error: str) -> DecodeResult:
+    return DecodeResult(request.request_id, [], "", FinishReason.ERROR, error=error)
 
 
 def _jsonl(lines: Iterable[str]) -> bytes:

@@ -6,6 +6,8 @@ contrail:job:<job_id>:done            hash   shard index -> "<attempt> <complete
                                              the job leaves in_progress)
 contrail:job:<job_id>:shards          hash   shard index -> "<items> <rationales>" (planned sizes;
                                              lets the reconciler re-enqueue a lost shard)
+contrail:job:<job_id>:poison:<shard>  hash   a redelivered shard's poison ledger: the item in
+                                             flight, the items set aside (worker/poison.py; TTL)
 contrail:jobs:active                  zset   non-terminal job ids -> expiry time (reconciler)
 contrail:jobs:pending_inputs          zset   job ids whose inline input is being written -> time
                                              (outbox: the reconciler removes orphaned inputs)
@@ -57,6 +59,10 @@ def job_done(job_id: str) -> str:
 
 def job_shards(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:shards"
+
+
+def job_poison(job_id: str, shard: int) -> str:
+    return f"{PREFIX}:job:{job_id}:poison:{shard}"
 
 
 def file(file_id: str) -> str:

@@ -33,6 +33,7 @@ from contrail.service.limits import UPLOAD_PATH, BodyLimit
 from contrail.service.metrics import API_ERRORS, KEY_RELOAD_ERRORS
 from contrail.service.routers import files, health, jobs, models, ui
 from contrail.service.settings import ApiSettings, get_settings
+from contrail.service.upload_slots import UploadSlots
 
 log = logging.getLogger("contrail.service")
 
@@ -135,6 +136,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         app.state.redis = Redis.from_pool(pool)
         app.state.store = AsyncJobStore(app.state.redis)
+        app.state.upload_slots = UploadSlots(s.max_concurrent_uploads)
         app.state.storage = Storage(
             s.storage_url,
             request_timeout_s=s.storage_timeout_s,

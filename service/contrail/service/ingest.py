@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from contrail.client.types import Compression, Container, ErrorDetail, Item, ItemError, TaskName
 from contrail.core.tasks.formats import LineParser
+from contrail.service import parquet_bounds
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
@@ -121,12 +122,32 @@ class IdRegistry:
 # ---------------------------------------------------------------------------------- sinks
 
 
+class ErrorBudget:
+    """Invalid records an upload may still cost before its validation stops: past it, the
+    sinks stop parsing in the middle of a piece, and the route answers 422 at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.spent = 0
+        self.stopped_at: int | None = None  # the line or record at which validation stopped
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stopped_at is not None
+
+    def spend(self, index: int, n: int = 1) -> None:
+        self.spent += n
+        if self.spent >= self.limit and self.stopped_at is None:
+            self.stopped_at = index
+
+
 class _Records:
     """Turns decoded records into a Batch: items or errors, numbered by line or record."""
 
-    def __init__(self, parser: LineParser, unit: str) -> None:
+    def __init__(self, parser: LineParser, unit: str, budget: ErrorBudget) -> None:
         self.parser = parser
         self.unit = unit
+        self.budget = budget
 
     def take(self, batch: Batch, result: Item | ItemError | None, index: int) -> None:
         if result is None:
@@ -136,6 +157,7 @@ class _Records:
             batch.items.append(Accepted(result.id, line, index))
         else:
             batch.errors.append(self.detail(index, result.code, result.message, result.field))
+            self.budget.spend(index)
 
     def detail(
         self, index: int, code: str, message: str, field_name: str | None = None
@@ -147,8 +169,10 @@ class _Records:
 class _Lines(_Records):
     """JSON lines. A line longer than the limit is reported and skipped, never buffered."""
 
-    def __init__(self, parser: LineParser, max_line_bytes: int, first_line: int) -> None:
-        super().__init__(parser, "line")
+    def __init__(
+        self, parser: LineParser, budget: ErrorBudget, max_line_bytes: int, first_line: int
+    ) -> None:
+        super().__init__(parser, "line", budget)
         self.max_line = max_line_bytes
         self.line_no = first_line - 1
         self.rest = b""
@@ -156,6 +180,8 @@ class _Lines(_Records):
 
     def feed(self, data: bytes) -> Batch:
         batch = Batch()
+        if self.budget.exhausted:
+            return batch
         if self.skipping:
             end = data.find(b"\n")
             if end < 0:
@@ -165,17 +191,20 @@ class _Lines(_Records):
         lines = (self.rest + data).split(b"\n") if self.rest else data.split(b"\n")
         self.rest = lines.pop()
         for raw in lines:
+            if self.budget.exhausted:
+                return batch
             self._line(batch, raw)
         if len(self.rest) > self.max_line:
             self.line_no += 1
             batch.errors.append(self._too_long())
+            self.budget.spend(self.line_no)
             self.rest = b""
             self.skipping = True
         return batch
 
     def finish(self) -> Batch:
         batch = Batch()
-        if self.rest and not self.skipping:
+        if self.rest and not self.skipping and not self.budget.exhausted:
             self._line(batch, self.rest)
         self.rest = b""
         return batch
@@ -184,6 +213,7 @@ class _Lines(_Records):
         self.line_no += 1
         if len(raw) > self.max_line:
             batch.errors.append(self._too_long())
+            self.budget.spend(self.line_no)
             return
         self.take(batch, self.parser.parse(raw, self.line_no), self.line_no)
 
@@ -199,10 +229,10 @@ class _Array(_Records):
     """One JSON array, element by element (ijson's C backend). A syntax error ends the parse:
     nothing after it can be located reliably."""
 
-    def __init__(self, parser: LineParser, max_record_bytes: int) -> None:
+    def __init__(self, parser: LineParser, budget: ErrorBudget, max_record_bytes: int) -> None:
         import ijson
 
-        super().__init__(parser, "record")
+        super().__init__(parser, "record", budget)
         self.ijson = ijson
         self.max_record = max_record_bytes
         self.out: list[Any] = ijson.sendable_list()
@@ -213,7 +243,8 @@ class _Array(_Records):
 
     def feed(self, data: bytes) -> Batch:
         batch = Batch()
-        if self.failed or not data:  # ijson reads an empty send as the end of the input
+        # ijson reads an empty send as the end of the input.
+        if self.failed or not data or self.budget.exhausted:
             return batch
         try:
             self.coro.send(data)
@@ -236,7 +267,7 @@ class _Array(_Records):
 
     def finish(self) -> Batch:
         batch = Batch()
-        if self.failed:
+        if self.failed or self.budget.exhausted:
             return batch
         try:
             self.coro.close()
@@ -247,6 +278,8 @@ class _Array(_Records):
 
     def _take_out(self, batch: Batch) -> None:
         for record in self.out:
+            if self.budget.exhausted:
+                break
             self.index += 1
             self.take(batch, self.parser.parse_value(record, self.index), self.index)
         del self.out[:]
@@ -260,10 +293,14 @@ class _Array(_Records):
 
 
 class _Parquet(_Records):
-    """Parquet: spooled to a temporary file, then read a row batch at a time (pyarrow)."""
+    """Parquet: spooled to a temporary file, then read a row batch at a time (pyarrow), in
+    batches whose size the file's page headers bound (`parquet_bounds`)."""
 
-    def __init__(self, parser: LineParser, scratch_dir: Path | None) -> None:
-        super().__init__(parser, "record")
+    def __init__(
+        self, parser: LineParser, budget: ErrorBudget, max_line: int, scratch_dir: Path | None
+    ) -> None:
+        super().__init__(parser, "record", budget)
+        self.max_line = max_line
         self.spool: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in close()
             prefix="contrail-upload-", suffix=".parquet", dir=scratch_dir
         )
@@ -279,17 +316,48 @@ class _Parquet(_Records):
         self.spool.flush()
         index = 0
         try:
-            reader = pq.ParquetFile(self.spool.name)
-            for rows in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-                batch = Batch()
-                for record in rows.to_pylist():
-                    index += 1
-                    self.take(batch, self.parser.parse_value(record, index), index)
-                yield batch
+            with open(self.spool.name, "rb") as raw:
+                parquet_bounds.check_footer(raw)
+                # buffer_size: column chunks are streamed a page at a time, never read whole.
+                reader = pq.ParquetFile(self.spool.name, pre_buffer=False, buffer_size=1 << 20)
+                pages = [parquet_bounds.MAX_PAGES]
+                for group in range(reader.num_row_groups):
+                    plan = parquet_bounds.plan_row_group(
+                        raw, reader.metadata, group, index + 1, self.max_line, pages
+                    )
+                    if plan.too_long:
+                        yield self._too_long(plan.too_long)
+                        return
+                    for rows in reader.iter_batches(batch_size=plan.batch_rows, row_groups=[group]):
+                        batch = Batch()
+                        for record in rows.to_pylist():
+                            if self.budget.exhausted:
+                                yield batch
+                                return
+                            index += 1
+                            self.take(batch, self.parser.parse_value(record, index), index)
+                        del rows
+                        yield batch
+        except parquet_bounds.ParquetTooCostly as exc:
+            raise UploadRejected(
+                f"the Parquet file cannot be read within the upload's bounds: {exc}", "too_large"
+            ) from None
         except (pa.ArrowException, OSError) as exc:
             raise UploadRejected(
                 f"not a readable Parquet file (after {index} records): {exc}", "invalid_parquet"
             ) from None
+
+    def _too_long(self, records: list[parquet_bounds.RecordTooLong]) -> Batch:
+        """Records holding a cell over the line limit, reported without being read."""
+        batch = Batch()
+        for r in records[: self.budget.limit]:
+            message = (
+                f"record {r.record}: its {r.column!r} cell is {r.nbytes} bytes, longer than "
+                f"{self.max_line} bytes"
+            )
+            batch.errors.append(self.detail(r.record, "line_too_long", message, r.column))
+            self.budget.spend(r.record)
+        return batch
 
     def close(self) -> None:
         self.spool.close()
@@ -346,9 +414,11 @@ class IngestParser:
         filename: str | None = None,
         max_line_bytes: int = 1 << 20,
         max_decompressed_bytes: int = 4 << 30,
+        max_errors: int = 1000,
         scratch_dir: Path | None = None,
     ) -> None:
         self.parser = LineParser(task, track_duplicates=False)
+        self.budget = ErrorBudget(max_errors)
         self.filename = (filename or "").lower()
         self.max_line = max_line_bytes
         self.max_decompressed = max_decompressed_bytes
@@ -370,7 +440,7 @@ class IngestParser:
 
     # -------------------------------------------------------------- driving
     def feed(self, data: bytes) -> Iterator[Batch]:
-        if not data:
+        if not data or self.budget.exhausted:
             return
         if not self._outer_known:
             self._outer += data
@@ -382,11 +452,17 @@ class IngestParser:
         if self._gunzip is not None:
             for piece in self._gunzip.pieces(data):
                 yield from self._deliver(piece)
+                if self.budget.exhausted:
+                    return
         else:
             for start in range(0, len(data), PIECE_BYTES):
                 yield from self._deliver(data[start : start + PIECE_BYTES])
+                if self.budget.exhausted:
+                    return
 
     def finish(self) -> Iterator[Batch]:
+        if self.budget.exhausted:
+            return
         if not self._outer_known:  # fewer bytes than a gzip header
             data = self._outer
             self._outer = b""
@@ -440,7 +516,7 @@ class IngestParser:
             return None
         if data.startswith(PARQUET_MAGIC):
             self.container = "parquet"
-            self._sink = _Parquet(self.parser, self.scratch_dir)
+            self._sink = _Parquet(self.parser, self.budget, self.max_line, self.scratch_dir)
             return data
         self._check_name((".parquet", ".pq"), "Parquet")
         if not self._started and data.startswith(UTF8_BOM):
@@ -452,16 +528,16 @@ class IngestParser:
             if not final:
                 return None
             self.container = "jsonl"
-            self._sink = _Lines(self.parser, self.max_line, self._leading_lines + 1)
+            self._sink = _Lines(self.parser, self.budget, self.max_line, self._leading_lines + 1)
             return b""
         if stripped.startswith(b"["):
             self.container = "json"
-            self._sink = _Array(self.parser, self.max_line)
+            self._sink = _Array(self.parser, self.budget, self.max_line)
             return stripped
         self.container = "jsonl"
         cut = data.rfind(b"\n", 0, len(data) - len(stripped)) + 1  # whole blank lines only
         self._leading_lines += data[:cut].count(b"\n")
-        self._sink = _Lines(self.parser, self.max_line, self._leading_lines + 1)
+        self._sink = _Lines(self.parser, self.budget, self.max_line, self._leading_lines + 1)
         return data[cut:]
 
     def _check_name(self, suffixes: str | tuple[str, ...], what: str) -> None:

@@ -61,7 +61,22 @@ class ApiSettings(CommonSettings):
         description="Local folder for an upload's temporary files (its id index; a Parquet "
         "upload's spooled copy); default: the system temporary folder.",
     )
-    max_error_details: int = 100
+    max_error_details: int = Field(
+        default=100, ge=1, description="Invalid records listed in an upload's 422."
+    )
+    max_upload_errors: int = Field(
+        default=1000,
+        ge=1,
+        description="An upload's validation stops at this many invalid records: 422 at once, "
+        "the rest of the body drained unread (a file of a million bad records costs no more "
+        "than this many).",
+    )
+    max_concurrent_uploads: int = Field(
+        default=2,
+        ge=1,
+        description="Per tenant and API process: uploads being validated at once (429 with "
+        "Retry-After above).",
+    )
     max_queued_items: int = Field(
         default=1_000_000, description="Per tenant: items in non-terminal jobs (and per file)."
     )

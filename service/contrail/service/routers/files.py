@@ -13,12 +13,14 @@ from starlette.concurrency import run_in_threadpool
 from contrail.client.types import Deleted, ErrorDetail, FileObject, TaskName
 from contrail.core.jobs import protocol
 from contrail.core.jobs.record import IDS_PER_OBJECT, FileRecord, new_id
+from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, file_part_key
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
 from contrail.service.ingest import Batch, IngestParser, UploadRejected
 from contrail.service.metrics import UPLOADED_ITEMS
 from contrail.service.settings import ApiSettings
+from contrail.service.upload_slots import UploadSlots
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -110,6 +112,7 @@ class _Ingest:
     async def _drain(self, batches: Iterator[Batch]) -> None:
         while (batch := await run_in_threadpool(next, batches, None)) is not None:
             await self.parts.take(batch)
+            self._check_budget()
             quota = self.settings.max_queued_items
             if self.parts.items > quota:
                 raise ApiError(
@@ -117,6 +120,20 @@ class _Ingest:
                     f"the file has more than {quota} items (the per-tenant queued-items quota) "
                     f"by record {self.parts.records}: split it into smaller files and jobs",
                 )
+
+    def _check_budget(self) -> None:
+        """Stop at the error budget: 422 now, the rest of the body drained unread."""
+        budget = self.parser.budget
+        if budget.stopped_at is None:
+            return
+        unit = "line" if self.parser.container == "jsonl" else "record"
+        raise ApiError(
+            422,
+            f"validation stopped at {unit} {budget.stopped_at} after {budget.spent} invalid "
+            f"{unit}s (the limit); the rest of the file was not read and nothing was stored "
+            f"(first {len(self.parts.errors)} listed)",
+            details=self.parts.errors,
+        )
 
 
 def _rejected(exc: UploadRejected) -> ApiError:
@@ -153,13 +170,37 @@ async def upload_file(
     store: StoreDep,
     storage: StorageDep,
     task: Annotated[TaskName, Query(description="Task the items are for.")] = TaskName.GENERIC,
-    filename: Annotated[str | None, Query(max_length=256)] = None,
+    filename: Annotated[
+        str | None,
+        Query(
+            max_length=256,
+            # Display metadata only (FileObject.filename): never part of a storage key, a path
+            # or a header. Control characters are refused so that no log line or terminal
+            # showing it can be steered.
+            pattern=r"^[^\x00-\x1f\x7f]*$",
+            description="The file's name as the client knows it (display only).",
+        ),
+    ] = None,
 ) -> FileObject:
     """Upload an input file: JSON lines, one JSON array, or Parquet, each optionally gzip-
     compressed (detected from the content; a '.parquet' or '.gz' name must match it), holding
     records of any supported task format. The body is streamed and validated record by record;
     any bad record rejects the whole file (422 naming its line, or its record index for arrays
     and Parquet; nothing stored)."""
+    slots: UploadSlots = request.app.state.upload_slots
+    with slots.hold(tenant):
+        return await _upload(request, tenant, settings, store, storage, task, filename)
+
+
+async def _upload(
+    request: Request,
+    tenant: str,
+    settings: ApiSettings,
+    store: AsyncJobStore,
+    storage: Storage,
+    task: TaskName,
+    filename: str | None,
+) -> FileObject:
     file_id = new_id("file")
     parts = _Parts(file_id, storage, settings.shard_size, settings.max_error_details)
     parser = IngestParser(
@@ -167,6 +208,7 @@ async def upload_file(
         filename=filename,
         max_line_bytes=settings.max_line_bytes,
         max_decompressed_bytes=settings.max_decompressed_bytes,
+        max_errors=settings.max_upload_errors,
         scratch_dir=settings.upload_scratch_dir,
     )
     ingest = _Ingest(parser, parts, settings)

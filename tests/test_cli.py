@@ -267,8 +267,10 @@ def test_up_runs_the_stack_and_stops_cleanly(
         assert pq.read_table(tmp_path / "up.parquet").num_rows == 4
         assert any((state / "storage").rglob("*.parquet"))
         assert (state / "redis" / "appendonlydir").is_dir()
+        assert all(_alive(p) for p in [info["pid"], *info["pids"].values()])
+        if stop_signal is signal.SIGINT:
+            info = _worker_killed_and_restarted(state, info, env, src, proc)
         pids = [info["pid"], *info["pids"].values()]
-        assert all(_alive(p) for p in pids)
         proc.send_signal(stop_signal)
         try:
             # Each child has its stop timeout (worker 40 s, API 15 s, valkey 10 s), then SIGKILL.
@@ -281,6 +283,9 @@ def test_up_runs_the_stack_and_stops_cleanly(
         stop_process(proc)
     assert proc.returncode == 0, err
     assert "stopped" in err
+    if stop_signal is signal.SIGINT:  # the console said what happened to the worker
+        assert "exited with code -9 (killed: out of memory, or kill -9); restarting" in err, err
+        assert "worker restarted (pid" in err, err
     assert not (state / "up.json").exists()
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
@@ -288,6 +293,35 @@ def test_up_runs_the_stack_and_stops_cleanly(
     assert not [p for p in pids if _alive(p)], "processes left running"
     # The same state folder keeps the API key for the next start.
     assert (state / "api_key").read_text().strip() == info["api_key"]
+
+
+def _worker_killed_and_restarted(
+    state: Path, info: dict[str, Any], env: dict[str, str], src: Path, up: Any
+) -> dict[str, Any]:
+    """kill -9 the stack's worker (as the OOM killer would): `up` restarts it, says so, records
+    its new pid, and the next job completes on it."""
+    old = info["pids"]["worker"]
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        assert up.poll() is None, "contrail up stopped when its worker died"
+        now = json.loads((state / "up.json").read_text())
+        if now["pids"]["worker"] != old:
+            break
+        assert time.monotonic() < deadline, "the worker was not restarted"
+        time.sleep(0.2)
+    assert now["pids"]["api"] == info["pids"]["api"]
+    while True:  # the dead worker's registration may lapse before the new one announces itself
+        done = run(
+            "submit", str(src), "--model", "tiny", "--max-new-tokens", "6", "--wait",
+            "--no-progress", "--json", env=env, timeout=240,
+        )  # fmt: skip
+        if done.returncode == 0 or "no live worker" not in done.stderr:
+            break
+        assert time.monotonic() < deadline + 60, done.stderr
+        time.sleep(1)
+    assert json.loads(ok(done).stdout)["status"] == "completed"
+    return dict(now)
 
 
 def test_up_refuses_a_busy_port(tmp_path: Path) -> None:

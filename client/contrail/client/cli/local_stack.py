@@ -3,6 +3,11 @@ local-disk storage, the API and one worker), supervised until Ctrl-C or SIGTERM.
 
 The parts run as child processes in their own sessions (a terminal's Ctrl-C reaches `up` only,
 which stops them in reverse order) with a parent-death signal, so none outlives `up`.
+
+Once the stack is up, a worker or API that exits is restarted with exponential backoff (1 s,
+2 s, ... 30 s; back to 1 s after a minute of running), as a cluster's supervisor would do, and the
+console says so: a job that OOM-kills its worker must not stop the whole stack. Valkey exiting
+stops the stack (its data is the state of everything else).
 """
 
 from __future__ import annotations
@@ -85,12 +90,23 @@ def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fo
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+RESTART_BACKOFF_MAX_S = 30.0
+RESTART_RESET_AFTER_S = 60.0
+
+
 @dataclass
 class _Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
     stop_timeout: float
+    cmd: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    restart: bool = False  # restarted when it exits (set once it has started up)
+    restarts: int = 0
+    backoff_s: float = 1.0
+    started_at: float = field(default_factory=time.monotonic)
+    restart_at: float | None = None
 
 
 @dataclass
@@ -106,28 +122,52 @@ class LocalStack:
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
-        with log.open("ab") as out:
-            popen = subprocess.Popen(
-                cmd,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # a terminal's Ctrl-C reaches `up` only; it stops them
-                preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
-            )
-        proc = _Proc(name, popen, log, stop_timeout)
+        proc = _Proc(name, _spawn(cmd, env, log), log, stop_timeout, cmd, env)
         self.procs.append(proc)
         return proc
 
-    def check_alive(self) -> None:
+    def check_alive(self) -> bool:
+        """Raise for a part that exited and is not restarted; restart those that are, once
+        their backoff has passed. True when a part was restarted (its pid changed)."""
+        restarted = False
         for proc in self.procs:
             code = proc.popen.poll()
-            if code is not None:
+            if code is None:
+                if time.monotonic() - proc.started_at > RESTART_RESET_AFTER_S:
+                    proc.backoff_s = 1.0
+                continue
+            if not proc.restart:
                 raise CommandFailed(
                     f"{proc.name} exited with code {code}; last lines of {proc.log}:\n"
                     + _tail(proc.log)
                 )
+            restarted |= self._restart(proc, code)
+        return restarted
+
+    def _restart(self, proc: _Proc, code: int) -> bool:
+        now = time.monotonic()
+        if proc.restart_at is None:
+            why = " (killed: out of memory, or kill -9)" if code == -signal.SIGKILL else ""
+            print(
+                f"{proc.name} (pid {proc.popen.pid}) exited with code {code}{why}; restarting "
+                f"in {proc.backoff_s:.0f}s (log {proc.log}):\n{_tail(proc.log, 5)}",
+                file=sys.stderr,
+                flush=True,
+            )
+            proc.restart_at = now + proc.backoff_s
+            proc.backoff_s = min(proc.backoff_s * 2, RESTART_BACKOFF_MAX_S)
+            return False
+        if now < proc.restart_at:
+            return False
+        proc.popen = _spawn(proc.cmd, proc.env, proc.log)
+        proc.restarts += 1
+        proc.started_at, proc.restart_at = now, None
+        print(
+            f"{proc.name} restarted (pid {proc.popen.pid}, restart {proc.restarts})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return True
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -146,6 +186,19 @@ class LocalStack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.popen.pid, signal.SIGKILL)
         self.procs.clear()
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a terminal's Ctrl-C reaches `up` only; it stops them
+            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+        )
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -301,10 +354,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             "model": args.model,
             "engine": engine,
             "pid": os.getpid(),
-            "pids": {p.name: p.popen.pid for p in stack.procs},
         }
-        info_file.write_text(json.dumps(info, indent=2) + "\n")
-        info_file.chmod(0o600)
+        _write_info(info_file, info, stack)
+        for proc in stack.procs:  # from now on a dead worker or API is restarted
+            proc.restart = proc.name in ("api", "worker")
         print("\ncontrail is up. In another shell:\n")
         print(f"  export {ENV_BASE_URL}={base_url}")
         print(f"  export {ENV_API_KEY}={api_key}")
@@ -312,7 +365,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"Viewer: {base_url}/ui/ (sign in with the API key above)\n")
         print("Ctrl-C stops everything.", flush=True)
         while True:
-            stack.check_alive()
+            if stack.check_alive():
+                _write_info(info_file, info, stack)
             time.sleep(0.5)
     except (KeyboardInterrupt, _Stop):
         print("\nshutting down", file=sys.stderr)
@@ -330,6 +384,15 @@ def cmd_up(args: argparse.Namespace) -> int:
                 signal.signal(s, handler)
     print("stopped", file=sys.stderr)
     return code
+
+
+def _write_info(path: Path, info: dict[str, object], stack: LocalStack) -> None:
+    """up.json: where the stack is, with its parts' current pids (updated on a restart)."""
+    data = {**info, "pids": {p.name: p.popen.pid for p in stack.procs}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def register(registry: CommandRegistry) -> None:

@@ -1,0 +1,209 @@
+"""Hostile-input benchmark (issue 19): what each hostile request costs the API, and what other
+tenants see while four of them run at once.
+
+Starts a real Valkey and the real API (uvicorn, local-disk storage, `tiny` declared so that jobs
+are accepted without a worker) and measures:
+- each hostile class alone: its status, its wall time and the API's peak RSS growth (sampled
+  every 20 ms): a 200 MB cell as JSON lines, a JSON array, gzip and Parquet; a JSON array of
+  1,000,000 empty objects (3 MB); a job whose template pads the question to a billion characters;
+- the API's baseline: another tenant's GET /v1/models latency every 20 ms with nothing else
+  running;
+- four hostile tenants at once, each uploading hostile files back to back for `--seconds`, while
+  the other tenant's probe runs: its p50/p99, and the API's peak RSS growth.
+Writes docs/bench/hostile.json.
+
+    python bench/hostile.py [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from provenance import git_sha  # noqa: E402
+from upload import KEY, LatencyProbe, RssSampler  # noqa: E402
+
+from tests.servers import ApiServer, valkey  # noqa: E402
+
+HOSTILE_KEYS = [f"hostile-key-{i}-0123456789" for i in range(4)]
+CELL = 200 << 20
+
+
+def _parquet(rows: dict[str, list[object]]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table(rows), buf)
+    return buf.getvalue()
+
+
+def hostile_bodies() -> dict[str, tuple[str, bytes]]:
+    """name -> (filename, body) of every hostile upload class."""
+    line = b'{"id": "big", "question": "' + b"x" * CELL + b'", "answer": "a"}'
+    return {
+        "cell_200mb_jsonl": ("cell.jsonl", line + b"\n"),
+        "cell_200mb_json_array": ("cell.json", b"[" + line + b"]"),
+        "cell_200mb_gzip": ("cell.jsonl.gz", gzip.compress(line + b"\n", compresslevel=1)),
+        "cell_200mb_parquet": (
+            "cell.parquet",
+            _parquet({"id": ["big"], "question": ["x" * CELL], "answer": ["a"]}),
+        ),
+        "empty_objects_1m_json_array": ("empty.json", b"[" + b",".join([b"{}"] * 1_000_000) + b"]"),
+    }
+
+
+def post_file(url: str, key: str, filename: str, body: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/files",
+        params={"task": "generic", "filename": filename},
+        content=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=600,
+    )
+
+
+def hostile_template(url: str) -> httpx.Response:
+    body = {
+        "items": [{"id": "t", "question": "q?", "answer": "a"}],
+        "model": "tiny",
+        "template": "Q: {question:>999999999}\nA: {answer}.",
+    }
+    return httpx.post(
+        f"{url}/v1/jobs", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=600
+    )
+
+
+def measured(pid: int, send: Callable[[], httpx.Response]) -> dict[str, object]:
+    sampler = RssSampler(pid)
+    before = sampler.rss()
+    sampler.start()
+    t0 = time.perf_counter()
+    r = send()
+    seconds = time.perf_counter() - t0
+    peak = sampler.stop()
+    error = r.json().get("error", {}) if r.status_code >= 400 else {}
+    return {
+        "status": r.status_code,
+        "seconds": round(seconds, 3),
+        "api_rss_growth_mb": round((peak - before) / 2**20, 1),
+        "message": str(error.get("message", ""))[:200],
+    }
+
+
+def concurrent(
+    url: str, pid: int, bodies: dict[str, tuple[str, bytes]], seconds: float
+) -> dict[str, object]:
+    """Four hostile tenants uploading back to back while another tenant's probe runs."""
+    stop = threading.Event()
+    sent: list[tuple[str, int, float]] = []
+    classes = list(bodies.items())
+
+    def tenant(i: int) -> None:
+        n = i
+        while not stop.is_set():
+            name, (filename, body) = classes[n % len(classes)]
+            t0 = time.perf_counter()
+            r = post_file(url, HOSTILE_KEYS[i], filename, body)
+            sent.append((name, r.status_code, time.perf_counter() - t0))
+            n += 1
+
+    sampler = RssSampler(pid)
+    before = sampler.rss()
+    probe = LatencyProbe(url)
+    threads = [threading.Thread(target=tenant, args=(i,), daemon=True) for i in range(4)]
+    sampler.start()
+    probe.start()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(600)
+    latency = probe.stop()
+    peak = sampler.stop()
+    by_status: dict[str, int] = {}
+    for _, status, _ in sent:
+        by_status[str(status)] = by_status.get(str(status), 0) + 1
+    return {
+        "hostile_tenants": 4,
+        "seconds": seconds,
+        "hostile_requests": len(sent),
+        "hostile_statuses": by_status,
+        "hostile_max_seconds": round(max((s for *_, s in sent), default=0.0), 3),
+        "api_rss_growth_mb": round((peak - before) / 2**20, 1),
+        "other_tenant_requests": latency,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "hostile.json")
+    args = ap.parse_args()
+
+    load_before = os.getloadavg()
+    bodies = hostile_bodies()
+    keys = ",".join([f"bench:{KEY}", *(f"hostile{i}:{k}" for i, k in enumerate(HOSTILE_KEYS))])
+    with tempfile.TemporaryDirectory(prefix="contrail-hostile-") as tmp_name, valkey() as redis:
+        tmp = Path(tmp_name)
+        env = {
+            **os.environ,
+            "CONTRAIL_REDIS_URL": redis.url,
+            "CONTRAIL_STORAGE_URL": f"file://{tmp / 'storage'}",
+            "CONTRAIL_API_KEYS": keys,
+            "CONTRAIL_DECLARED_MODELS": "tiny",
+            "CONTRAIL_RATE_LIMIT_PER_MINUTE": "100000",
+        }
+        api = ApiServer(env, tmp).start()
+        try:
+            assert api.proc is not None
+            pid = api.proc.pid
+            alone: dict[str, object] = {
+                name: measured(pid, lambda f=filename, b=body: post_file(api.url, KEY, f, b))
+                for name, (filename, body) in bodies.items()
+            }
+            alone["template_pad_1e9"] = measured(pid, lambda: hostile_template(api.url))
+            probe = LatencyProbe(api.url)
+            probe.start()
+            time.sleep(min(10.0, args.seconds))
+            baseline = probe.stop()
+            together = concurrent(api.url, pid, bodies, args.seconds)
+        finally:
+            api.stop()
+
+    result = {
+        "benchmark": "hostile",
+        "versions": {"contrail": git_sha()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
+        "alone": alone,
+        "other_tenant_baseline": baseline,
+        "four_hostile_tenants": together,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

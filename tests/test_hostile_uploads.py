@@ -111,6 +111,16 @@ def test_parquet_pages_over_the_bound_are_refused_unread(upload_stack: Stack) ->
         "question" in r.json()["error"]["message"] and "records 1-2" in r.json()["error"]["message"]
     )
     assert growth < RSS_BOUND_MB, f"API peak RSS grew by {growth} MB"
+    # One 4 MiB dictionary entry that 1,000 rows share: small pages, but a 4 GB batch if read
+    # 256 rows at a time; read in batches that the entry's length bounds instead.
+    shared = {"id": [f"s{i}" for i in range(1000)], "question": ["y" * (4 << 20)] * 1000}
+    shared["answer"] = ["a"] * 1000
+    body = _parquet(shared, dictionary_pagesize_limit=6 << 20)
+    assert pq.ParquetFile(io.BytesIO(body)).metadata.row_group(0).column(1).has_dictionary_page
+    r, growth = _peak_growth_mb(upload_stack, lambda: _post(upload_stack, body, "shared.parquet"))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"][0]["field"] == "question"
+    assert growth < RSS_BOUND_MB, f"API peak RSS grew by {growth} MB"
     # A valid file with large row groups is read in bounded batches, every record kept.
     n = 20_000
     ok = {

@@ -9,9 +9,11 @@ copy of it). So before a row group is read:
   uncompressed sizes are what pyarrow allocates, whatever the footer claims;
 - a data page holding one value over the line limit is a `line_too_long` error naming its record
   (it is never read), and a page or dictionary over `BATCH_BYTES` rejects the upload;
-- a row group whose pages add up to at most `BATCH_BYTES` is read 256 rows a batch; a larger one
-  in batches small enough that their cells, each at most the size of the page (or dictionary)
-  it comes from, add up to at most `BATCH_BYTES`.
+- each row group is read in batches (at most 256 rows) small enough that what a batch can hold
+  adds up to at most `BATCH_BYTES`: for a flat column, the pages its rows overlap; for a nested
+  one (its pages cannot be mapped to rows), its whole chunk or the widest page per row, whichever
+  is less; and for a dictionary-encoded one, the longest dictionary entry once per row (read
+  from the dictionary page, at most `BATCH_BYTES` decompressed).
 
 pyarrow exposes no page headers, so this module reads them itself: a Parquet page header is a
 small Thrift struct in the compact protocol, and the few dozen lines below decode just that
@@ -143,6 +145,8 @@ class _Page:
     dictionary: bool
     values: int
     nbytes: int  # uncompressed
+    offset: int  # of its data (after the header)
+    compressed: int
 
 
 def _pages(f: IO[bytes], start: int, length: int, budget: list[int]) -> Iterator[_Page]:
@@ -151,15 +155,16 @@ def _pages(f: IO[bytes], start: int, length: int, budget: list[int]) -> Iterator
     while pos < end:
         budget[0] -= 1
         if budget[0] < 0:
-            raise ParquetTooCostly(f"the file has more than {MAX_PAGES} pages in large row groups")
+            raise ParquetTooCostly(f"the file has more than {MAX_PAGES} pages")
         reader, header = _header(f, pos, min(4096, end - pos))
         kind, nbytes, compressed = header.get(1), header.get(2), header.get(3)
         if not isinstance(nbytes, int) or not isinstance(compressed, int) or compressed < 0:
             raise ParquetTooCostly("a page header is malformed (sizes)")
         sub = header.get(5) or header.get(7) or header.get(8) or {}
         values = sub.get(1, 0) if isinstance(sub, dict) else 0
-        yield _Page(kind == _DICTIONARY_PAGE, int(values or 0), nbytes)
-        pos += reader.pos + compressed
+        data = pos + reader.pos
+        yield _Page(kind == _DICTIONARY_PAGE, int(values or 0), nbytes, data, compressed)
+        pos = data + compressed
 
 
 def _header(f: IO[bytes], pos: int, window: int) -> tuple[_Compact, dict[int, Any]]:
@@ -192,64 +197,131 @@ def check_footer(f: IO[bytes]) -> None:
         )
 
 
+@dataclass
+class _Column:
+    """What one column chunk of a row group can put in a batch."""
+
+    name: str
+    flat: bool  # one value per row: a page's values are its rows
+    pages: list[tuple[int, int, int]] = field(default_factory=list)  # (first row, rows, bytes)
+    total: int = 0  # bytes of all its pages
+    widest_page: int = 0
+    entry: int = 0  # the longest dictionary entry (a value read from the dictionary)
+
+    def batch_bytes(self, rows: int, batch: int) -> int:
+        """The most bytes any batch of `batch` rows (aligned as pyarrow reads them) holds of
+        this column: the pages it overlaps, plus one dictionary entry per row."""
+        expanded = batch * self.entry
+        if not self.flat:  # pages cannot be mapped to rows: the batch may span the chunk
+            return min(self.total, (batch + 1) * self.widest_page) + expanded
+        worst, i = 0, 0
+        for start in range(0, rows, batch):
+            while i < len(self.pages) and sum(self.pages[i][:2]) <= start:
+                i += 1
+            j, held = i, 0
+            while j < len(self.pages) and self.pages[j][0] < start + batch:
+                held += self.pages[j][2]
+                j += 1
+            worst = max(worst, held)
+        return worst + expanded
+
+
 def plan_row_group(
     f: IO[bytes], metadata: Any, index: int, first_record: int, max_line: int, budget: list[int]
 ) -> ReadPlan:
     """How row group `index` (its first record numbered `first_record`) may be read."""
     group = metadata.row_group(index)
     plan = ReadPlan(MAX_BATCH_ROWS)
-    schema = metadata.schema
-    widest = total = 0  # bytes one row can hold at most; bytes of all pages
-    for j in range(group.num_columns):
-        flat = schema.column(j).max_repetition_level == 0
-        cell, pages = _column_bound(
-            f, group.column(j), flat, (first_record, group.num_rows), max_line, plan, budget
+    rows = group.num_rows
+    columns = [
+        _column(
+            f,
+            group.column(j),
+            metadata.schema.column(j),
+            (first_record, rows),
+            max_line,
+            plan,
+            budget,
         )
-        widest += cell
-        total += pages
-    if total > BATCH_BYTES:
-        plan.batch_rows = max(1, min(MAX_BATCH_ROWS, BATCH_BYTES // max(widest, 1)))
+        for j in range(group.num_columns)
+    ]
+    batch = MAX_BATCH_ROWS
+    while batch > 1 and sum(c.batch_bytes(rows, batch) for c in columns) > BATCH_BYTES:
+        batch //= 2
+    plan.batch_rows = batch
     return plan
 
 
-def _column_bound(
+def _column(
     f: IO[bytes],
     chunk: Any,
-    flat: bool,
+    schema: Any,
     records: tuple[int, int],
     max_line: int,
     plan: ReadPlan,
     budget: list[int],
-) -> tuple[int, int]:
-    """The most bytes one cell of this column chunk can hold (the page or dictionary it comes
-    from) and the bytes of all its pages, recording single-value pages over the line limit as
-    records too long."""
+) -> _Column:
+    """The pages of one column chunk, recording single-value pages over the line limit as
+    records too long and refusing pages over `BATCH_BYTES`."""
     start = chunk.data_page_offset
     if chunk.has_dictionary_page and 0 < chunk.dictionary_page_offset < start:
         start = chunk.dictionary_page_offset
-    name = chunk.path_in_schema
+    column = _Column(chunk.path_in_schema, schema.max_repetition_level == 0)
     first_record, rows = records
-    group_records = f"records {first_record}-{first_record + rows - 1}"
     seen = 0  # values before the page (rows, in a flat column)
-    widest = total = 0
     for page in _pages(f, start, chunk.total_compressed_size, budget):
-        total += page.nbytes
-        single = flat and not page.dictionary and page.values == 1  # one row's value
+        column.total += page.nbytes
+        single = column.flat and not page.dictionary and page.values == 1  # one row's value
         if page.nbytes > max_line and (rows == 1 or single):
             # One record holds it all: that record is too long, and it is never read.
             record = first_record if rows == 1 else first_record + seen
-            plan.too_long.append(RecordTooLong(record, name, page.nbytes))
+            plan.too_long.append(RecordTooLong(record, column.name, page.nbytes))
         elif page.nbytes > BATCH_BYTES:
-            where = group_records
-            if flat and not page.dictionary:
+            where = f"records {first_record}-{first_record + rows - 1}"
+            if column.flat and not page.dictionary:
                 where = f"records {first_record + seen}-{first_record + seen + page.values - 1}"
             kind = "dictionary" if page.dictionary else "data"
             raise ParquetTooCostly(
-                f"column {name!r}, {where}: a {kind} page of {page.nbytes} bytes, over the "
-                f"{BATCH_BYTES} a page may hold; write the file with smaller pages and row "
+                f"column {column.name!r}, {where}: a {kind} page of {page.nbytes} bytes, over "
+                f"the {BATCH_BYTES} a page may hold; write the file with smaller pages and row "
                 "groups (pyarrow: data_page_size, row_group_size)"
             )
+        elif page.dictionary:
+            column.entry = max(column.entry, _longest_entry(f, chunk, schema, page))
         else:
-            widest = max(widest, page.nbytes)
+            column.pages.append((seen, page.values, page.nbytes))
+            column.widest_page = max(column.widest_page, page.nbytes)
         seen += 0 if page.dictionary else page.values
-    return widest, total
+    return column
+
+
+_FIXED_WIDTH: Final = {"BOOLEAN": 1, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
+
+
+def _longest_entry(f: IO[bytes], chunk: Any, schema: Any, page: _Page) -> int:
+    """The longest value of a dictionary page (at most `BATCH_BYTES` decompressed, checked
+    before): fixed-width types from their width, byte arrays by walking their PLAIN lengths."""
+    physical = schema.physical_type
+    if physical in _FIXED_WIDTH:
+        return _FIXED_WIDTH[physical]
+    if physical == "FIXED_LEN_BYTE_ARRAY":
+        return int(schema.length)
+    import pyarrow as pa
+
+    f.seek(page.offset)
+    raw = f.read(page.compressed)
+    codec = str(chunk.compression).lower()
+    try:
+        data = raw if codec == "uncompressed" else pa.Codec(codec).decompress(raw, page.nbytes)
+    except (pa.ArrowException, ValueError) as exc:
+        raise ParquetTooCostly(
+            f"column {chunk.path_in_schema!r}: unreadable dictionary: {exc}"
+        ) from None
+    view, pos, longest = memoryview(bytes(data)), 0, 0
+    for _ in range(page.values):
+        if pos + 4 > len(view):
+            raise ParquetTooCostly(f"column {chunk.path_in_schema!r}: malformed dictionary page")
+        (n,) = struct.unpack_from("<i", view, pos)
+        pos += 4 + n
+        longest = max(longest, n)
+    return longest

@@ -44,6 +44,10 @@ TASK_FILES: dict[TaskName, Path] = {
 
 
 def load_task_items(task: TaskName, n: int) -> list[Item]:
+    if not TASK_FILES[task].is_file():
+        raise SystemExit(
+            f"{TASK_FILES[task]}: research data missing (shared/data beside the checkout)"
+        )
     loaded = load_items(TASK_FILES[task], task)
     if len(loaded.items) < n:
         raise SystemExit(f"{TASK_FILES[task]} has only {len(loaded.items)} items, need {n}")

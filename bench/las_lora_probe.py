@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from las_validation import TASKS, TRAIN, human_records, validate
+from las_validation import DATA, TASKS, human_records, task_files, validate
 from provenance import git_sha
 
 from contrail.client.types import RationaleRecord
@@ -250,12 +250,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--states-cache", type=Path, default=None, help="keep the frozen states here")
     p.add_argument("--out", type=Path, default=Path("runs/validation-lora.json"))
+    p.add_argument("--data-dir", type=Path, default=DATA, help="research data (dev and train)")
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    task, dev = TASKS[args.task]
-    train = human_records(task, TRAIN[args.task], args.train_limit, args.seed)[0]
+    tasks, train_files = task_files(args.data_dir)
+    task, dev = tasks[args.task]
+    train = human_records(task, train_files[args.task], args.train_limit, args.seed)[0]
     human, shuffled = human_records(task, dev, None, args.seed)
     options = record_options(train[0])
     assert options is not None

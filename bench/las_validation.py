@@ -55,21 +55,36 @@ from contrail.worker.eval_simulator import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# The full research splits: a data folder beside the checkout (the tests carry their own copies
+# of the dev splits, tests/data/research).
 DATA = ROOT.parent / "shared" / "data"
-TASKS: dict[str, tuple[TaskName, Path]] = {
-    "StrategyQA": (TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json"),
-    "CREAK": (TaskName.CREAK, DATA / "creak" / "dev.json"),
-}
-TRAIN: dict[str, Path] = {  # read only by scripts/train_las_heads.py
-    "StrategyQA": DATA / "strategyqa" / "train.json",
-    "CREAK": DATA / "creak" / "train.json",
-}
+
+
+def task_files(data: Path) -> tuple[dict[str, tuple[TaskName, Path]], dict[str, Path]]:
+    """The dev file of each task under a research-data folder, and its training file."""
+    dev = {
+        "StrategyQA": (TaskName.STRATEGYQA, data / "strategyqa" / "dev.json"),
+        "CREAK": (TaskName.CREAK, data / "creak" / "dev.json"),
+    }
+    train = {
+        "StrategyQA": data / "strategyqa" / "train.json",
+        "CREAK": data / "creak" / "train.json",
+    }
+    return dev, train
+
+
+TASKS, TRAIN = task_files(DATA)  # TRAIN is read by scripts/train_las_heads.py too
 
 
 def human_records(
     task: TaskName, path: Path, limit: int | None, seed: int
 ) -> tuple[list[RationaleRecord], list[RationaleRecord]]:
     """(records with each item's human rationale, records with a deranged item's rationale)."""
+    if not path.is_file():
+        raise SystemExit(
+            f"{path}: research data missing (the benchmarks read the full splits from a data "
+            "folder beside the checkout, or the one --data-dir names)"
+        )
     loaded = load_items(path, task)
     items = [i for i in loaded.items if i.rationale][:limit]
     order = list(range(len(items)))

@@ -1,7 +1,7 @@
 """The suite's skip policy (docs/DEVELOPING.md, "Skips"): in CI no test may skip.
 
 The vLLM, oracle and real-data tests skip where their dependency is missing (`importorskip`,
-research datasets absent: tests/research_data.py), which is convenient on a laptop and dangerous
+a vLLM that does not import), which is convenient on a laptop and dangerous
 in CI: a broken vLLM install would turn the product's central tests into skips and leave the run
 green. So when the policy is strict, every skip -- of a test, or of a whole module at collection --
 is reported as a failure that names the skip's reason.

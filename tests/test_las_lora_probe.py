@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.research_data import needs_data
+from tests.research_data import DATA
 
 PROMPTS = [
     "Q: Could a cat fit inside a teapot?\nA: The answer is",
@@ -53,7 +53,6 @@ def test_reader_before_training_gives_the_full_models_option_logits(tiny_model_p
     torch.testing.assert_close(got, want, rtol=0, atol=2e-2 * float(want.abs().max()))
 
 
-@needs_data
 @pytest.mark.slow
 def test_probe_trains_and_validates_every_epoch(tiny_model_path: Path, tmp_path: Path) -> None:
     from bench.las_lora_probe import main
@@ -64,6 +63,7 @@ def test_probe_trains_and_validates_every_epoch(tiny_model_path: Path, tmp_path:
         "--task", "StrategyQA", "--model", str(tiny_model_path), "--split-layer", "1",
         "--rank", "4", "--train-limit", "24", "--epochs", "2", "--bootstrap", "20",
         "--threads", "1", "--states-cache", str(cache), "--out", str(out),
+        "--data-dir", str(DATA),
     ]  # fmt: skip
     assert main(argv) == 0
     result = json.loads(out.read_text())

@@ -41,7 +41,7 @@ from contrail.worker.pipeline import (
     split_request_id,
     to_records,
 )
-from tests.research_data import DATA, needs_data
+from tests.research_data import DATA
 
 MC = Item(id="mc", question="Pick one?", answer="b", choices=["a", "b", "c", "d"])
 FREE = Item(
@@ -87,7 +87,6 @@ class FakeEngine(Engine):
 # ---------------------------------------------------------------- perturbations
 
 
-@needs_data
 def test_wrong_answer_is_another_choice_and_reproducible() -> None:
     items = load_items(DATA / "csqa/dev_v1.11.hf.jsonl", TaskName.CSQA).items
     picks = [pick_wrong_answer(i, TaskName.CSQA, seed=0) for i in items]

@@ -22,7 +22,7 @@ from contrail.worker.eval_simulator import (
     option_of_class,
 )
 from contrail.worker.evaluation import main
-from tests.research_data import needs_data
+from tests.research_data import DATA
 from tests.test_evaluation import make_record
 
 
@@ -215,16 +215,14 @@ def test_committed_head_is_the_default_for_its_task(smollm2_encoder: HiddenState
         evaluate_las(records, TrainedSimulator(encoder=smollm2_encoder, training="cross-fit"))
 
 
-@needs_data
 @pytest.mark.slow
 def test_validation_creak_human_beats_shuffled(smollm2_path: Path) -> None:
     """The benchmark's check (bench/las_validation.py) on the first 200 CREAK dev items with the
     default simulator: human explanations beat their shuffled control, and help beyond the
     question."""
-    from bench.las_validation import TASKS, human_records, validate
+    from bench.las_validation import human_records, validate
 
-    task, path = TASKS["CREAK"]
-    human, shuffled = human_records(task, path, 200, seed=0)
+    human, shuffled = human_records(TaskName.CREAK, DATA / "creak" / "dev.json", 200, seed=0)
     sim = TrainedSimulator(str(smollm2_path))
     result = validate("trained", sim, human, shuffled, reps=300, seed=0)
     assert result["passes"] == {"las_above_shuffled": True, "acc_qr_above_acc_q": True}

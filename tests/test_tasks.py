@@ -11,7 +11,7 @@ import pytest
 
 from contrail.client.types import Item, ItemError, TaskName
 from contrail.core.tasks.formats import LineParser, detect_format, load_items, parse_line
-from tests.research_data import DATA, needs_data
+from tests.research_data import DATA
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -23,7 +23,6 @@ def by_line(errors: list[ItemError]) -> dict[int | None, ItemError]:
 # ---------------------------------------------------------------- real datasets
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("path", "task", "explanations", "fmt", "count"),
     [
@@ -44,7 +43,6 @@ def test_real_dev_sets_load_completely(
     assert all(i.choices and i.answer in i.choices for i in result.items)
 
 
-@needs_data
 def test_csqa_v10_first_item_joins_cose() -> None:
     result = load_items(
         DATA / "csqa/dev_rand_split.jsonl",
@@ -60,7 +58,6 @@ def test_csqa_v10_first_item_joins_cose() -> None:
     )
 
 
-@needs_data
 def test_csqa_v111_has_five_choices_and_repeated_options_are_merged() -> None:
     items = load_items(DATA / "csqa/dev_v1.11.hf.jsonl", TaskName.CSQA).items
     assert items[0].choices == ["bank", "library", "department store", "mall", "new york"]
@@ -71,7 +68,6 @@ def test_csqa_v111_has_five_choices_and_repeated_options_are_merged() -> None:
     assert repeated.answer == "indestructible"
 
 
-@needs_data
 def test_strategyqa_joins_facts_and_maps_bool_to_yes_no() -> None:
     first = load_items(DATA / "strategyqa/dev.json", TaskName.STRATEGYQA).items[0]
     assert first.id == "e0044a7b4d146d611e73"
@@ -83,7 +79,6 @@ def test_strategyqa_joins_facts_and_maps_bool_to_yes_no() -> None:
     )
 
 
-@needs_data
 def test_creak_first_item() -> None:
     first = load_items(DATA / "creak/dev.json", TaskName.CREAK).items[0]
     assert first == Item(

@@ -26,6 +26,7 @@ from tests.service_fixtures import KEY_A, Stack, running_stack
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGYQA = ROOT / "examples" / "strategyqa-dev-20.json"
 MAX_LINE = 16_384
+MAX_DECOMPRESSED = 4 << 20
 GOOD = {"id": "a", "question": "Is the sky blue?", "answer": "yes", "choices": ["yes", "no"]}
 
 
@@ -41,6 +42,7 @@ def istack(
         tmp,
         CONTRAIL_DECLARED_MODELS="tiny, contrail-test/tiny@main",
         CONTRAIL_MAX_LINE_BYTES=str(MAX_LINE),
+        CONTRAIL_MAX_DECOMPRESSED_BYTES=str(MAX_DECOMPRESSED),
         CONTRAIL_RATE_LIMIT_PER_MINUTE="100000",
     ) as stack:
         yield stack
@@ -225,6 +227,17 @@ def test_request_size_limits_before_parsing_and_auth(istack: Stack) -> None:
         r = c.post("/v1/jobs", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413, r.text
     assert r.json()["error"]["type"] == "payload_too_large"
+    # a Content-Length that is not a number: 400 before anything is read (uvicorn's parser
+    # answers it; the API's own check covers servers that pass it on)
+    bad = {"Content-Type": "application/json", "Content-Length": "12abc"}
+    status, reply = _raw_post(istack.url, "/v1/jobs", bad, b"{}")
+    assert status == 400, reply
+    # a small gzip body that decompresses past the limit: 413 once the limit is passed
+    bomb = gzip.compress(b"\n" * (MAX_DECOMPRESSED + (1 << 20)), compresslevel=9)
+    assert len(bomb) < 64 << 10
+    r = istack.upload(bomb)
+    assert r.status_code == 413, r.text
+    assert f"exceeds {MAX_DECOMPRESSED} bytes" in r.json()["error"]["message"]
 
 
 def test_wire_strings_have_limits(istack: Stack) -> None:
@@ -241,11 +254,32 @@ def test_wire_strings_have_limits(istack: Stack) -> None:
             ({"model": "no spaces or:colons"}, "model"),
             ({"input_file_id": "f" * 300, "items": None}, "input_file_id"),
             ({"demonstrations": [{"question": "q", "answer": "a" * 3000, "rationale": "r"}]}, None),
+            (
+                {"demonstrations": [{"question": "q", "answer": "a", "rationale": "r"}] * 17},
+                "demonstrations",
+            ),
+            ({"decoding": {"stop": ["s"] * 9}}, "decoding.stop"),
+            ({"decoding": {"stop": ["s" * 33]}}, "decoding.stop.0"),
+            ({"decoding": {"seed": 2**63}}, "decoding.seed"),
+            ({"decoding": {"seed": -(2**63) - 1}}, "decoding.seed"),
+            (
+                {"items": [{**GOOD, "choices": [f"c{i}" for i in range(65)], "answer": "c0"}]},
+                "items.0.choices",
+            ),
+            ({"items": [{**GOOD, "choices": ["yes", "n" * 2049]}]}, "items.0.choices.1"),
         ]:
             r = create(**body)
-            assert r.status_code == 422, (body, r.text)
+            assert r.status_code == 422, (str(body)[:200], r.text)
             if field is not None:
                 assert r.json()["error"]["details"][0]["field"] == field, r.text
+        # the Idempotency-Key header: 256 characters
+        r = c.post(
+            "/v1/jobs",
+            json={"items": [GOOD], "model": "tiny"},
+            headers={"Idempotency-Key": "k" * 257},
+        )
+        assert r.status_code == 422, r.text
+        assert "idempotency" in r.text.lower()
 
 
 # ------------------------------------------------------------------------ templates, models

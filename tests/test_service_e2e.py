@@ -67,10 +67,8 @@ def check_dataset(stack: Stack, job_id: str, job: dict[str, Any], n: int) -> lis
     assert manifest.request_counts.total == len(want) == job["request_counts"]["total"]
     assert manifest.request_counts.completed == len(records) == job["request_counts"]["completed"]
     assert manifest.request_counts.failed == 0 == job["request_counts"]["failed"]
-    assert manifest.counts_by_tag == {
-        "factual": n,
-        "counterfactual": len(want) - n,
-    } or manifest.counts_by_tag == {"factual": n}
+    assert len(want) > n, "the job owes counterfactuals (FRACTION of the items)"
+    assert manifest.counts_by_tag == {"factual": n, "counterfactual": len(want) - n}
     assert manifest.usage.completion_tokens == sum(r["completion_tokens"] for r in records)
     assert manifest.engine_seconds > 0 and manifest.wall_seconds >= 0
     assert manifest.quality is not None, "the manifest carries the dataset's quality signals"

@@ -25,6 +25,10 @@ def _routes(job_id: str, file_id: str) -> list[tuple[str, str]]:
         ("GET", f"/v1/jobs/{job_id}/results"),
         ("GET", f"/v1/jobs/{job_id}/errors"),
         ("GET", f"/v1/jobs/{job_id}/dataset"),
+        # The destructive routes: another tenant's attempt must neither act nor reveal the id.
+        ("POST", f"/v1/jobs/{job_id}/resubmit"),
+        ("DELETE", f"/v1/jobs/{job_id}"),
+        ("DELETE", f"/v1/files/{file_id}"),
     ]
 
 
@@ -55,7 +59,11 @@ def test_keys_and_tenants(sstack: Stack) -> None:
         r = b.post("/v1/jobs", json={"input_file_id": file_id, "model": "tiny"})
         assert r.status_code == 404
     with sstack.client(KEY_A) as a:
+        # Nothing another tenant tried took effect: the job runs, the file is there, no job was
+        # resubmitted into tenant A's list.
         assert a.get(f"/v1/jobs/{job_id}").json()["status"] == "in_progress"
+        assert a.get(f"/v1/files/{file_id}").status_code == 200
+        assert [j["id"] for j in a.get("/v1/jobs").json()["data"]] == [job_id]
     # health routes need no key
     with sstack.client(None) as c:
         assert c.get("/healthz").json() == {"status": "ok"}

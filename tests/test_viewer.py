@@ -344,6 +344,19 @@ def test_another_tenant_gets_404_and_no_key_401(viewer_stack: ViewerStack, path:
         assert c.get(url).status_code == 401
 
 
+def test_compare_checks_both_sides_tenant(viewer_stack: ViewerStack) -> None:
+    """Own job on one side, another tenant's on the other: 404 naming the other's, either way."""
+    vs = viewer_stack
+    vs.finished()
+    for key, own, other in ((KEY_B, vs.job_other, vs.job_a), (KEY_A, vs.job_a, vs.job_other)):
+        with vs.stack.client(key) as c:
+            for a, b in ((own, other), (other, own)):
+                r = c.get("/v1/viewer/compare", params={"a": a, "b": b})
+                assert r.status_code == 404, (key, a, b, r.text)
+                assert other in r.json()["error"]["message"]
+            assert c.get("/v1/viewer/compare", params={"a": own, "b": own}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

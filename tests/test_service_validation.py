@@ -214,6 +214,9 @@ def test_quota_and_rate_limit(make_stack: Any) -> None:
         CONTRAIL_MAX_QUEUED_ITEMS="3",
         CONTRAIL_RATE_LIMIT_PER_MINUTE="6",
         CONTRAIL_MAX_CONCURRENT_JOBS="5",
+        # An hour-long window: the test's requests cannot straddle a window boundary (and
+        # reset the count) the way they could a minute's.
+        CONTRAIL_RATE_WINDOW_S="3600",
     )
     announce_worker(stack, "tiny")
     with stack.client() as c:

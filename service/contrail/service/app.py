@@ -135,7 +135,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         app.state.redis = Redis.from_pool(pool)
-        app.state.store = AsyncJobStore(app.state.redis)
+        app.state.store = AsyncJobStore(app.state.redis, s.rate_window_s)
         app.state.upload_slots = UploadSlots(s.max_concurrent_uploads)
         app.state.storage = Storage(
             s.storage_url,

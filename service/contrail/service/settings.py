@@ -84,6 +84,13 @@ class ApiSettings(CommonSettings):
     rate_limit_per_minute: int = Field(
         default=600, description="Per tenant: POST requests (uploads, job creations, cancels)."
     )
+    rate_window_s: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="Length of the rate-limit and failed-authentication windows (the *_PER_MINUTE "
+        "limits count per window; tests shorten it rather than wait for the minute boundary).",
+    )
     idempotency_ttl_s: int = 24 * 3600
     url_expiry_s: int = 3600
     storage_timeout_s: int = Field(

@@ -17,9 +17,10 @@ contrail:tenant:<t>:jobs              zset   job ids by creation sequence (curso
 contrail:tenant:<t>:queued            int    items in the tenant's non-terminal jobs (quota)
 contrail:tenant:<t>:active            set    the tenant's non-terminal job ids (quota)
 contrail:idem:<t>:<key>               str    "<body sha256> <job_id>" (Idempotency-Key, TTL)
-contrail:rl:<t>:<minute>              int    POSTs in one minute window (rate limit, TTL)
-contrail:authfail:<addr>:<minute>     int    failed authentications of one client address in
-                                             one minute window (throttle, TTL)
+contrail:rl:<t>:<window>              int    POSTs in one rate window (a minute by default;
+                                             rate limit, TTL)
+contrail:authfail:<addr>:<window>     int    failed authentications of one client address in
+                                             one rate window (throttle, TTL)
 contrail:seq                          int    creation sequence
 contrail:models                       set    models that have a stream (added by job creation
                                              and worker start): /metrics reads their queues

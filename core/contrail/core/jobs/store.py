@@ -23,8 +23,11 @@ class IdempotencyConflict(Exception):
 
 
 class AsyncJobStore:
-    def __init__(self, r: Redis) -> None:
+    def __init__(self, r: Redis, rate_window_s: int = 60) -> None:
         self.r = r
+        # The length of the rate-limit and authentication-throttle windows (a minute; tests
+        # shorten it instead of waiting for the wall clock's minute boundary).
+        self.window = rate_window_s
         self._scripts = {name: r.register_script(src) for name, src in SCRIPTS.items()}
 
     async def run(self, call: Call[T]) -> T:
@@ -109,28 +112,28 @@ class AsyncJobStore:
 
     # ---------------------------------------------------------------- rate limits
     async def hit_rate(self, tenant: str, limit: int) -> int | None:
-        """Count one request; the seconds to wait when over the per-minute limit, else None."""
+        """Count one request; the seconds to wait when over the per-window limit, else None."""
         t = time.time()
-        n = await self._count(keys.rate(tenant, int(t // 60)))
-        return _wait_s(t) if n > limit else None
+        n = await self._count(keys.rate(tenant, int(t // self.window)))
+        return _wait_s(t, self.window) if n > limit else None
 
     async def _count(self, key: str) -> int:
-        """Increment a per-minute counter (it expires after the window)."""
+        """Increment a per-window counter (it expires after the window)."""
         pipe = self.r.pipeline(transaction=True)
         pipe.incr(key)
-        pipe.expire(key, 120)
+        pipe.expire(key, 2 * self.window)
         n, _ = await pipe.execute()
         return int(n)
 
     async def auth_blocked(self, client: str, limit: int) -> int | None:
         """The seconds to wait when `client` failed to authenticate more than `limit` times
-        in this minute, else None."""
+        in this window, else None."""
         t = time.time()
-        n = await self.r.get(keys.auth_failures(client, int(t // 60)))
-        return _wait_s(t) if n is not None and int(n) >= limit else None
+        n = await self.r.get(keys.auth_failures(client, int(t // self.window)))
+        return _wait_s(t, self.window) if n is not None and int(n) >= limit else None
 
     async def count_auth_failure(self, client: str) -> None:
-        await self._count(keys.auth_failures(client, int(time.time() // 60)))
+        await self._count(keys.auth_failures(client, int(time.time() // self.window)))
 
     # ---------------------------------------------------------------- models
     async def served_models(self) -> dict[str, int]:
@@ -176,6 +179,6 @@ class AsyncJobStore:
         return out
 
 
-def _wait_s(t: float) -> int:
-    """Seconds from `t` until the next minute window starts (at least 1)."""
-    return max(1, int(60 - (t % 60)) + 1)
+def _wait_s(t: float, window: int = 60) -> int:
+    """Seconds from `t` until the next window starts (at least 1)."""
+    return max(1, int(window - (t % window)) + 1)

@@ -57,7 +57,12 @@ class ChaosReport:
     statuses: dict[str, int] = field(default_factory=dict)
     rationales_owed: int = 0
     rationales_stored: int = 0
-    item_errors: int = 0
+    item_errors: int = 0  # errors other than set_aside
+    # Items set aside as worker_crashed: in flight when a worker died while decoding a redelivered
+    # shard item by item (docs/OPERATIONS.md, "Poison items"). A kill -9 that lands there is, to
+    # the product, a second death on that item; each costs one kill at most.
+    set_aside: int = 0  # their rationales
+    set_aside_items: int = 0
     lost: int = 0
     duplicated: int = 0
     twice_decoded: int = 0  # shard attempts finished after another attempt was counted
@@ -233,7 +238,10 @@ class Chaos:
                 failed = {(e["item_id"], e["tag"]) for e in errors}
                 rep.rationales_owed += len(want)
                 rep.rationales_stored += len(pairs)
-                rep.item_errors += len(errors)
+                crashed = [e for e in errors if e["code"] == "worker_crashed"]
+                rep.set_aside += len(crashed)
+                rep.set_aside_items += len({e["item_id"] for e in crashed})
+                rep.item_errors += len(errors) - len(crashed)
                 rep.lost += len(want - set(got) - failed)
                 rep.duplicated += sum(k - 1 for k in got.values() if k > 1)
                 rep.shards_owed += -(-len(ids) // shard_size)

@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
-import json
 import multiprocessing
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from provenance import git_sha  # noqa: E402
-from upload import KEY, LatencyProbe, RssSampler  # noqa: E402
+from upload import KEY, LatencyProbe, RssSampler, machine, write_result  # noqa: E402
 
 from tests.servers import ApiServer, valkey  # noqa: E402
 
@@ -207,19 +205,12 @@ def main() -> int:
     result = {
         "benchmark": "hostile",
         "versions": {"contrail": git_sha()},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-        },
+        "machine": machine(load_before),
         "alone": alone,
         "other_tenant_baseline": baseline,
         "four_hostile_tenants": together,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

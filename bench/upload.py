@@ -94,6 +94,22 @@ def upload(url: str, path: Path) -> tuple[float, dict[str, object]]:
     return elapsed, response.json()
 
 
+def write_result(path: Path, result: dict[str, object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def machine(load_before: tuple[float, float, float]) -> dict[str, object]:
+    """The machine a service benchmark ran on, and its load average before and after."""
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
+
+
 class LatencyProbe(threading.Thread):
     """Another tenant's requests (GET /v1/models) every `interval` s, timed, until stopped."""
 
@@ -261,12 +277,7 @@ def main() -> int:
     result = {
         "benchmark": "upload",
         "versions": {"contrail": git_sha()},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-        },
+        "machine": machine(load_before),
         "validation": {
             "lines": args.lines,
             "bytes": small_bytes,
@@ -286,9 +297,7 @@ def main() -> int:
         },
         "oversized_unauthenticated": limits,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(args.out, result)
     return 0
 
 

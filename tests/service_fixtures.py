@@ -150,6 +150,19 @@ class Stack:
         return Storage(self.s3.url(self.prefix))
 
 
+def yes_no_items(n: int, prefix: str = "s") -> list[dict[str, Any]]:
+    """Inline items "<prefix>000"... asking whether i is even, without rationales."""
+    return [
+        {
+            "id": f"{prefix}{i:03d}",
+            "question": f"Is {i} an even number?",
+            "answer": "yes" if i % 2 == 0 else "no",
+            "choices": ["yes", "no"],
+        }
+        for i in range(n)
+    ]
+
+
 def items_jsonl(n: int, start: int = 0, *, rationale_every: int = 4) -> bytes:
     lines = []
     for i in range(start, start + n):

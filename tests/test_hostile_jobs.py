@@ -20,22 +20,10 @@ import pytest
 
 from tests.faults import assert_exactly_once, expected_pairs, job, stored
 from tests.poison_worker import POISON
-from tests.service_fixtures import KEY_A, KEY_B, Stack
+from tests.service_fixtures import KEY_A, KEY_B, Stack, yes_no_items
 
 REPO = Path(__file__).resolve().parent.parent
 DECODING = {"max_new_tokens": 6, "counterfactual_fraction": 0.5}
-
-
-def _items(n: int, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"{prefix}{i:03d}",
-            "question": f"Is {i} even?",
-            "answer": "yes" if i % 2 == 0 else "no",
-            "choices": ["yes", "no"],
-        }
-        for i in range(n)
-    ]
 
 
 def _create(stack: Stack, items: list[dict[str, Any]], key: str) -> str:
@@ -55,12 +43,12 @@ def test_an_item_that_kills_workers_costs_two_restarts(make_stack: Any) -> None:
     stack: Stack = make_stack(
         CONTRAIL_CLAIM_IDLE_MS="1500", CONTRAIL_HEARTBEAT_INTERVAL_S="0.3", PYTHONPATH=str(REPO)
     )
-    poisoned = _items(40, "a")
+    poisoned = yes_no_items(40, "a")
     poison_id = poisoned[13]["id"]
-    poisoned[13]["question"] = f"Is {POISON} even?"
+    poisoned[13]["question"] = f"Is {POISON} an even number?"
     worker = stack.worker(module="tests.poison_worker")
     a = _create(stack, poisoned, KEY_A)
-    b = _create(stack, _items(24, "b"), KEY_B)  # another tenant's job, in the same queue
+    b = _create(stack, yes_no_items(24, "b"), KEY_B)  # another tenant's job, in the same queue
     deaths: list[dict[str, Any]] = []
     deadline = time.monotonic() + 400
     while not (_terminal(stack, a, KEY_A) and _terminal(stack, b, KEY_B)):
@@ -97,7 +85,7 @@ def test_an_item_that_kills_workers_costs_two_restarts(make_stack: Any) -> None:
 
 def test_prompts_that_cannot_fit_are_per_item_errors(stack: Stack) -> None:
     stack.worker()
-    items = _items(8, "p")
+    items = yes_no_items(8, "p")
     # Over the engine's character bound (context x longest vocabulary entry): refused before
     # the prompt is assembled or tokenized.
     items[2]["choices"] = [f"{i:02d}{'x' * 2040}" for i in range(60)]

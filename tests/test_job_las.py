@@ -17,7 +17,7 @@ from contrail.worker.engine.factory import create_engine
 from contrail.worker.finalize import Finalizer
 from contrail.worker.job_quality import COMPUTED_ONCE, NOT_LOADED, LasReader, las_key
 from contrail.worker.loop import Worker
-from tests.service_fixtures import Stack, announce_worker
+from tests.service_fixtures import Stack, announce_worker, yes_no_items
 
 DECODING = {"max_new_tokens": 12, "counterfactual_fraction": 0.5}
 
@@ -27,20 +27,8 @@ def tiny_engine(tiny_model_path: Path) -> Engine:
     return create_engine("reference", "tiny", cache_dir=tiny_model_path.parent)
 
 
-def _items(n: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": f"s{i:03d}",
-            "question": f"Is {i} an even number?",
-            "answer": "yes" if i % 2 == 0 else "no",
-            "choices": ["yes", "no"],
-        }
-        for i in range(n)
-    ]
-
-
 def _create(stack: Stack, n: int, **extra: Any) -> str:
-    body = {"items": _items(n), "task": "strategyqa", "model": "tiny", "decoding": DECODING}
+    body = {"items": yes_no_items(n), "task": "strategyqa", "model": "tiny", "decoding": DECODING}
     with stack.client() as c:
         r = c.post("/v1/jobs", json=body | extra)
     assert r.status_code == 201, r.text
@@ -49,7 +37,7 @@ def _create(stack: Stack, n: int, **extra: Any) -> str:
 
 def test_quality_setting_is_validated(stack: Stack) -> None:
     announce_worker(stack)
-    body = {"items": _items(2), "task": "strategyqa", "model": "tiny"}
+    body = {"items": yes_no_items(2), "task": "strategyqa", "model": "tiny"}
     with stack.client() as c:
         for quality in ({"las": "maybe"}, {"las": True, "bleu": True}, ["las"]):
             r = c.post("/v1/jobs", json=body | {"quality": quality})

@@ -38,6 +38,7 @@ COPY client ./client
 COPY service ./service
 COPY core ./core
 COPY worker ./worker
+COPY distill ./distill
 
 # ---------------------------------------------------------------------------------------------
 FROM source AS api-build

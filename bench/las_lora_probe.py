@@ -36,7 +36,7 @@ from las_validation import DATA, TASKS, human_records, task_files, validate
 from provenance import git_sha
 
 from contrail.client.types import RationaleRecord
-from contrail.worker.eval_las import (
+from contrail.distill.las import (
     CONDITIONS,
     Condition,
     SimulatorInfo,
@@ -52,7 +52,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 class LoraReader:
     """SmolLM2 with frozen lower blocks (states cached by prompt) and LoRA-tuned upper blocks;
-    a `RecordSimulator` for `eval_las.evaluate_las`."""
+    a `RecordSimulator` for `las.evaluate_las`."""
 
     def __init__(self, args: argparse.Namespace, options: tuple[str, ...]) -> None:
         from peft import LoraConfig, get_peft_model

@@ -39,14 +39,14 @@ from contrail.client.types import (
     TaskName,
 )
 from contrail.core.tasks.formats import load_items
-from contrail.worker.eval_las import (
+from contrail.distill.las import (
     LikelihoodSimulator,
     RecordSimulator,
     Simulator,
     evaluate_las,
     paired_difference,
 )
-from contrail.worker.eval_simulator import (
+from contrail.distill.simulators import (
     DEFAULT_FOLDS,
     DEFAULT_LAYER,
     HiddenStateEncoder,

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from contrail.client.types import DecodingMode, DecodingSettings, Perturbation, TaskName
-from contrail.worker.eval_las import (
+from contrail.distill.export import load_records
+from contrail.distill.las import (
     Calibration,
     LikelihoodSimulator,
     RecordSimulator,
@@ -33,15 +34,7 @@ from contrail.worker.eval_las import (
     las_from_simulated,
     paired_difference,
 )
-from contrail.worker.eval_simulator import (
-    DEFAULT_FOLDS,
-    DEFAULT_LAYER,
-    TRAININGS,
-    HiddenStateEncoder,
-    TrainedSimulator,
-    Training,
-)
-from contrail.worker.evaluation import (
+from contrail.distill.report import (
     ComparisonRow,
     QualitySummary,
     comparison_chart,
@@ -49,7 +42,14 @@ from contrail.worker.evaluation import (
     simulator_notes,
     summarize_with_predictions,
 )
-from contrail.worker.export import load_records
+from contrail.distill.simulators import (
+    DEFAULT_FOLDS,
+    DEFAULT_LAYER,
+    TRAININGS,
+    HiddenStateEncoder,
+    TrainedSimulator,
+    Training,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"

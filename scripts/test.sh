@@ -5,10 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy client core service worker
+.venv/bin/mypy client core service worker distill
 # import-linter resolves `contrail` from the source roots (the editable install's namespace
 # finder hides their paths from it).
-PYTHONPATH=client:core:service:worker .venv/bin/lint-imports --no-cache
+PYTHONPATH=client:core:service:worker:distill .venv/bin/lint-imports --no-cache
 # Every skip is a failure here, as in CI (tests/skip_policy.py; CONTRAIL_STRICT_SKIPS=0 to relax
 # on a laptop, never in CI): a missing vLLM must not turn the engine and oracle tests green.
 if [[ -n "${CI:-}" ]]; then

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.las_validation import TRAIN, human_records  # noqa: E402
 from contrail.client.types import TaskName  # noqa: E402
-from contrail.worker.eval_heads import (  # noqa: E402
+from contrail.distill.heads import (  # noqa: E402
     HEAD_FORMAT,
     HEADS_DIR,
     LinearHead,
@@ -40,8 +40,8 @@ from contrail.worker.eval_heads import (  # noqa: E402
     probe_prompts,
     prompt_sha256,
 )
-from contrail.worker.eval_las import CONDITIONS, bootstrap, record_options  # noqa: E402
-from contrail.worker.eval_simulator import (  # noqa: E402
+from contrail.distill.las import CONDITIONS, bootstrap, record_options  # noqa: E402
+from contrail.distill.simulators import (  # noqa: E402
     DEFAULT_LAYER,
     HiddenStateEncoder,
     TrainedSimulator,

@@ -75,6 +75,8 @@ SUBCOMMANDS = [
     ["models", "list"],
     ["models", "prepare"],
     ["generate"],
+    ["eval"],
+    ["export"],
 ]
 
 

@@ -28,7 +28,7 @@ from contrail.core.signals import (
     record_signals,
     summarize_signals,
 )
-from contrail.worker.eval_las import (
+from contrail.distill.las import (
     SimInput,
     bootstrap,
     calibrate,
@@ -37,7 +37,7 @@ from contrail.worker.eval_las import (
     record_options,
     render_context,
 )
-from contrail.worker.evaluation import (
+from contrail.distill.report import (
     comparison_chart,
     comparison_table,
     evaluate_file,
@@ -383,7 +383,7 @@ def test_eval_rows_are_labelled_by_the_records(
 ) -> None:
     import argparse
 
-    from contrail.worker.evaluation import run_eval
+    from contrail.distill.report import run_eval
 
     contrastive = [make_record(f"s{i}", "Because.", tag=Tag.FACTUAL) for i in range(3)]
     contrastive.append(make_record("s0", "Because not.", tag=Tag.COUNTERFACTUAL, answer="no"))
@@ -426,7 +426,7 @@ def test_eval_rows_are_labelled_by_the_records(
 
 @pytest.fixture(scope="module")
 def tiny_simulator(tiny_model_path: Path) -> object:
-    from contrail.worker.eval_las import LikelihoodSimulator
+    from contrail.distill.las import LikelihoodSimulator
 
     return LikelihoodSimulator(str(tiny_model_path), max_batch_tokens=256)
 
@@ -434,7 +434,7 @@ def tiny_simulator(tiny_model_path: Path) -> object:
 def test_likelihood_simulator_matches_a_manual_forward(tiny_simulator: object) -> None:
     import torch
 
-    from contrail.worker.eval_las import LikelihoodSimulator
+    from contrail.distill.las import LikelihoodSimulator
 
     assert isinstance(tiny_simulator, LikelihoodSimulator)
     sim = tiny_simulator
@@ -459,7 +459,7 @@ def test_likelihood_simulator_matches_a_manual_forward(tiny_simulator: object) -
 
 
 def test_tiny_real_las_run(tiny_simulator: object, tmp_path: Path) -> None:
-    from contrail.worker.eval_las import LikelihoodSimulator
+    from contrail.distill.las import LikelihoodSimulator
 
     assert isinstance(tiny_simulator, LikelihoodSimulator)
     records = [
@@ -489,7 +489,7 @@ def test_tiny_real_las_run(tiny_simulator: object, tmp_path: Path) -> None:
 
 
 def test_paired_difference_matches_unpaired_values() -> None:
-    from contrail.worker.eval_las import paired_difference
+    from contrail.distill.las import paired_difference
 
     good = [scripted(f"i{i}", q="no", qr="yes", r="no") for i in range(8)]
     bad = [scripted(f"i{i}", q="no", qr="no", r="no") for i in range(8)]

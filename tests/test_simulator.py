@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 
 from contrail.client.types import Tag, TaskName
-from contrail.worker.eval_heads import HeadMismatch, LinearHead, SimulatorHead, builtin_head
-from contrail.worker.eval_las import evaluate_las, paired_difference, record_options
-from contrail.worker.eval_simulator import (
+from contrail.distill.heads import HeadMismatch, LinearHead, SimulatorHead, builtin_head
+from contrail.distill.las import evaluate_las, paired_difference, record_options
+from contrail.distill.report import main
+from contrail.distill.simulators import (
     HiddenStateEncoder,
     TrainedSimulator,
     answer_class,
     fold_of,
     option_of_class,
 )
-from contrail.worker.evaluation import main
 from tests.research_data import DATA
 from tests.test_evaluation import make_record
 

@@ -1,23 +1,20 @@
 """The worker part's commands, registered into the ``contrail`` CLI as a plugin
-(entry point ``contrail.cli``): ``serve worker``, ``generate`` (offline), ``eval``, ``export``
-and ``models prepare``. Registering only builds parsers; torch, vLLM and the engines are imported
-inside the commands."""
+(entry point ``contrail.cli``): ``serve worker``, ``generate`` (offline) and ``models prepare``
+(``eval`` and ``export`` are the distill part's: `contrail.distill.cli`). Registering only builds
+parsers; torch, vLLM and the engines are imported inside the commands."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from contrail.client.cli.base import EXIT_OK, CommandFailed, UsageError, lazy, print_json
-from contrail.client.cli.options import decoding_settings, make_client, task_arg
+from contrail.client.cli.options import decoding_settings, task_arg
 from contrail.client.cli.plugins import CommandRegistry
 from contrail.client.jobs import DEFAULT_MODEL
 from contrail.client.types import TaskName
-from contrail.worker.eval_options import add_simulator_arguments
 
 
 def cmd_serve_worker(args: argparse.Namespace) -> int:
@@ -47,39 +44,6 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
         raise CommandFailed(f"error: {exc}") from None
     print(f"{spec.name}: {spec.path}  ({time.monotonic() - started:.1f}s)")
     return EXIT_OK
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Rationale quality of dataset files or finished jobs (a job id is downloaded first)."""
-    evaluation = lazy("contrail.worker.evaluation", "worker")
-    with contextlib.ExitStack() as stack:
-        paths: list[Path] = []
-        for src in args.datasets:
-            if Path(src).is_file():
-                paths.append(Path(src))
-                continue
-            if Path(src).suffix in (".jsonl", ".parquet"):
-                raise UsageError(f"no such dataset file: {src}")
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrail-eval-")))
-            with make_client(args) as client:  # not a file: a job id
-                paths.append(client.jobs.download(src, tmp / f"{src}.jsonl", format="jsonl"))
-        args.datasets = paths
-        if args.train_data is not None and not Path(args.train_data).is_file():
-            raise UsageError(f"--train-data: no such file: {args.train_data}")
-        try:
-            return int(evaluation.run_eval(args))
-        except (ValueError, FileNotFoundError) as exc:  # bad simulator options, too few records
-            raise UsageError(str(exc)) from None
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """The student-training export of a dataset file (docs/METHOD.md section 3)."""
-    if not Path(args.dataset).is_file():
-        raise UsageError(f"no such dataset file: {args.dataset}")
-    evaluation = lazy("contrail.worker.evaluation", "worker")
-    args.dataset = Path(args.dataset)
-    args.out_dir = Path(args.out_dir)
-    return int(evaluation.run_export(args))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -113,7 +77,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def register(registry: CommandRegistry) -> None:
-    conn = registry.connection
     p = registry.add_to(
         "serve",
         "worker",
@@ -144,30 +107,6 @@ def register(registry: CommandRegistry) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder (default CONTRAIL_CACHE_DIR)")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=cmd_models_prepare)
-
-    # -- quality ------------------------------------------------------------------------------
-    p = registry.add(
-        "eval",
-        parents=[conn],
-        help="rationale quality of datasets or jobs: signals, LAS (docs/QUALITY.md)",
-    )
-    p.add_argument("datasets", nargs="+", help="dataset .jsonl/.parquet files or job ids")
-    add_simulator_arguments(p)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write the summaries here")
-    p.add_argument("--report-dir", type=Path, default=None, help="write report.md + report.png")
-    p.set_defaults(func=cmd_eval)
-
-    p = registry.add(
-        "export", help="student-training export of a dataset: train/dev JSONL + Parquet"
-    )
-    p.add_argument("dataset", help="dataset .jsonl or .parquet file")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--dev-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-parquet", action="store_true")
-    p.set_defaults(func=cmd_export)
 
     # -- offline ------------------------------------------------------------------------------
     p = registry.add(

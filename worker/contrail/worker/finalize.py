@@ -32,8 +32,8 @@ from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.record import JobRecord
 from contrail.core.signals import RecordSignals, record_signals
 from contrail.core.storage import Storage, dataset_keys, shard_output_keys
+from contrail.distill.report import summary_from_signals
 from contrail.worker.dataset_writer import DatasetWriter
-from contrail.worker.evaluation import summary_from_signals
 from contrail.worker.item_errors import FINALIZE_FAILED
 from contrail.worker.job_quality import JobLas, LasReader, job_las
 from contrail.worker.resilience import RedisGuard

@@ -23,8 +23,8 @@ from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord
 from contrail.core.storage import Storage
-from contrail.worker.eval_las import DEFAULT_BOOTSTRAP, LasResult, evaluate_las
-from contrail.worker.eval_simulator import HiddenStateEncoder, TrainedSimulator
+from contrail.distill.las import DEFAULT_BOOTSTRAP, LasResult, evaluate_las
+from contrail.distill.simulators import HiddenStateEncoder, TrainedSimulator
 
 log = logging.getLogger("contrail.worker")
 

@@ -5,7 +5,7 @@ This is the protocol of Hase et al. (2020), as SCOTT used it, with one change th
 2-core CPU: the simulator's language model stays frozen and only a linear head is trained.
 
 Features. For each record the LM (default SmolLM2-135M, run only up to `layer`, default 16 of
-30) reads the three zero-shot prompts of `eval_las.render_context` -- question + rationale,
+30) reads the three zero-shot prompts of `las.render_context` -- question + rationale,
 question alone, rationale alone -- and we keep its hidden state at the last prompt token
 ("... A: The answer is"), where the model would write the answer. A condition's feature vector
 has one slot per prompt, each standardised with the training rows' mean and spread:
@@ -43,8 +43,8 @@ import numpy as np
 from contrail.client.types import RationaleRecord, TaskName
 from contrail.core.tasks.perturb import BINARY_CHOICES, unit_hash
 from contrail.core.tasks.prompts import shows_choices
-from contrail.worker.eval_heads import LinearHead, SimulatorHead, builtin_head
-from contrail.worker.eval_las import (
+from contrail.distill.heads import LinearHead, SimulatorHead, builtin_head
+from contrail.distill.las import (
     CONDITIONS,
     Condition,
     SimulatorInfo,
@@ -52,7 +52,7 @@ from contrail.worker.eval_las import (
     sim_inputs,
     token_batches,
 )
-from contrail.worker.eval_options import DEFAULT_FOLDS, DEFAULT_LAYER, TRAININGS, Training
+from contrail.distill.options import DEFAULT_FOLDS, DEFAULT_LAYER, TRAININGS, Training
 
 DEFAULT_C: Final = 0.001
 MIN_TRAIN_RECORDS: Final = 20
@@ -220,7 +220,7 @@ class TrainedSimulator:
 
     Where the head comes from, in order: `train_records` when given (trained once on them);
     else with `training="auto"` (the default) the committed head of the records' task
-    (`eval_heads.builtin_head`) when every scorable record is of one task that has one and this
+    (`heads.builtin_head`) when every scorable record is of one task that has one and this
     simulator reads with the model and layer it was trained on, else cross-fitting;
     `training="head"` insists on the committed head (an error when there is none or it belongs to
     another reader); `training="cross-fit"` always cross-fits."""
@@ -426,7 +426,7 @@ class TrainedSimulator:
         return probs
 
     def _train_kept(self, held_out: set[str]) -> list[Kept]:
-        from contrail.worker.eval_las import record_options
+        from contrail.distill.las import record_options
 
         assert self.train_records is not None
         kept: list[Kept] = []

@@ -101,7 +101,7 @@ class SimulatorInfo(BaseModel):
 
 @runtime_checkable
 class RecordSimulator(Protocol):
-    """A simulator that learns from records (`contrail.worker.eval_simulator.TrainedSimulator`):
+    """A simulator that learns from records (`contrail.distill.simulators.TrainedSimulator`):
     it predicts an option per condition for each (record, options), None where it cannot."""
 
     @property

@@ -1,21 +1,21 @@
 """Rationale quality of a dataset: cheap signals, optional LAS, comparison reports, and the
 `eval` / `export` command lines.
 
-    from contrail.worker.evaluation import summarize, TrainedSimulator, LikelihoodSimulator
+    from contrail.distill.report import summarize, TrainedSimulator, LikelihoodSimulator
     summary = summarize(records)                                  # cheap signals only
     summary = summarize(records, simulator=TrainedSimulator())    # + LAS (loads a model)
     summary = summarize(records, simulator=LikelihoodSimulator()) # zero-shot LAS
 
 `summarize` is what a job finalizer calls; `QualitySummary` is JSON-ready (pydantic) for the
-manifest. Definitions: docs/QUALITY.md, `contrail.core.signals`, `contrail.worker.eval_las`.
+manifest. Definitions: docs/QUALITY.md, `contrail.core.signals`, `contrail.distill.las`.
 
 Command line (the `contrail eval` / `contrail export` subcommands call these):
 
-    python -m contrail.worker.evaluation eval runs/a.jsonl [runs/b.jsonl ...] [--no-las]
+    python -m contrail.distill.report eval runs/a.jsonl [runs/b.jsonl ...] [--no-las]
         [--simulator MODEL] [--simulator-kind trained|zero-shot] [--simulator-layer N]
         [--simulator-training auto|head|cross-fit] [--train-data FILE] [--folds K]
         [--calibration batch|none] [--json out.json] [--report-dir DIR]
-    python -m contrail.worker.evaluation export runs/a.jsonl --out-dir runs/a-student
+    python -m contrail.distill.report export runs/a.jsonl --out-dir runs/a-student
         [--dev-fraction 0.1] [--seed 0] [--no-parquet]
 """
 
@@ -37,7 +37,8 @@ from contrail.core.signals import (
     record_signals,
     summarize_signals,
 )
-from contrail.worker.eval_las import (
+from contrail.distill.export import export_student, load_records
+from contrail.distill.las import (
     DEFAULT_BOOTSTRAP,
     Calibration,
     Estimate,
@@ -48,11 +49,10 @@ from contrail.worker.eval_las import (
     Simulator,
     evaluate_las,
 )
-from contrail.worker.eval_options import add_simulator_arguments
-from contrail.worker.eval_simulator import (
+from contrail.distill.options import add_simulator_arguments
+from contrail.distill.simulators import (
     TrainedSimulator,
 )
-from contrail.worker.export import export_student, load_records
 
 AnySimulator = Simulator | RecordSimulator
 
@@ -408,7 +408,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contrail.worker.evaluation")
+    parser = argparse.ArgumentParser(prog="python -m contrail.distill.report")
     sub = parser.add_subparsers(dest="command", required=True)
     add_eval_arguments(sub.add_parser("eval", help="rationale quality (signals + LAS)"))
     add_export_arguments(sub.add_parser("export", help="student-training export"))

@@ -1,11 +1,11 @@
 """The trained simulator's linear head, and the heads committed for the built-in tasks.
 
-A head maps a record's hidden-state features (`eval_simulator`: one slot per prompt, Q / R / Q+R,
+A head maps a record's hidden-state features (`simulators`: one slot per prompt, Q / R / Q+R,
 each standardised) to answer-class probabilities. `LinearHead` is fitted with scikit-learn's
 logistic regression and kept as plain arrays, so a committed head needs neither pickle nor
 scikit-learn to be read.
 
-Committed heads (`contrail/worker/data/las_heads/<task>.npz`, made by
+Committed heads (`contrail/distill/data/las_heads/<task>.npz`, made by
 `scripts/train_las_heads.py` from each task's training split with its human rationales; sources
 and licenses in SOURCES.md beside them) are tied to the reader they were trained on. A head file
 records the simulator model's name, the layer, a SHA-256 of the prompts the simulator renders for
@@ -29,10 +29,10 @@ from typing import Any, Final, Protocol
 import numpy as np
 
 from contrail.client.types import TaskName
-from contrail.worker.eval_las import CONDITIONS, Condition, SimInput, render_context
+from contrail.distill.las import CONDITIONS, Condition, SimInput, render_context
 
 HEAD_FORMAT: Final = 1
-HEADS_DIR: Final = "data/las_heads"  # inside the contrail.worker package
+HEADS_DIR: Final = "data/las_heads"  # inside the contrail.distill package
 # Relative difference of the probe states above which a reader is not the one a head was made
 # for: float32 runs of the same weights differ by ~1e-6 across thread counts and CPUs; another
 # checkpoint or tokenizer differs by far more than 1e-3.
@@ -64,7 +64,7 @@ class HeadMismatch(ValueError):
 
 
 class Encoder(Protocol):
-    """What a head needs of a reader (`eval_simulator.HiddenStateEncoder`)."""
+    """What a head needs of a reader (`simulators.HiddenStateEncoder`)."""
 
     model_name: str
     layer: int
@@ -242,7 +242,7 @@ class SimulatorHead:
 
 
 def _head_file(task: TaskName) -> Any:
-    return resources.files("contrail.worker").joinpath(HEADS_DIR, f"{task.value}.npz")
+    return resources.files("contrail.distill").joinpath(HEADS_DIR, f"{task.value}.npz")
 
 
 def builtin_head(task: TaskName) -> SimulatorHead | None:

@@ -1,5 +1,5 @@
 """Command-line options of the LAS simulator, shared by `contrail eval` and
-`python -m contrail.worker.evaluation eval`.
+`python -m contrail.distill.report eval`.
 
 Kept free of numpy and torch: the `contrail` CLI builds its parser from this module on every
 start, and the simulator modules take their defaults from here.
@@ -18,7 +18,7 @@ TRAININGS: Final[tuple[Training, ...]] = ("auto", "head", "cross-fit")
 
 
 def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
-    """The LAS simulator options of `python -m contrail.worker.evaluation eval` and of the
+    """The LAS simulator options of `python -m contrail.distill.report eval` and of the
     `contrail eval` command."""
     p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
     p.add_argument(

@@ -13,7 +13,7 @@ from pathlib import Path
 from contrail.client.cli.base import UsageError, lazy
 from contrail.client.cli.options import make_client
 from contrail.client.cli.plugins import CommandRegistry
-from contrail.distill.options import add_simulator_arguments
+from contrail.distill.options import add_export_arguments, add_simulator_arguments
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -66,11 +66,9 @@ def register(registry: CommandRegistry) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = registry.add(
-        "export", help="student-training export of a dataset: train/dev JSONL + Parquet"
+        "export",
+        help="student-training export of a dataset: train/dev JSONL + Parquet, and the same "
+        "rows for TRL, axolotl, LLaMA-Factory and the reference release",
     )
-    p.add_argument("dataset", help="dataset .jsonl or .parquet file")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--dev-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-parquet", action="store_true")
+    add_export_arguments(p)
     p.set_defaults(func=cmd_export)

@@ -15,6 +15,9 @@ maps back to the record it came from. Records with an `error` are not exported.
 Train/dev split (`train.*`, `dev.*`; a split without rows gets no files): by item id (SHA-256
 of seed and id, like every random choice in contrail), so the factual and counterfactual
 rationales of one item always land in the same split.
+
+Beside these files, the same rows in the formats training tools read (`adapters.py`: TRL,
+axolotl, LLaMA-Factory, the reference release's own files), each in a folder of its own.
 """
 
 from __future__ import annotations
@@ -125,10 +128,15 @@ def export_student(
     dev_fraction: float = 0.1,
     seed: int = 0,
     parquet: bool = True,
+    formats: Sequence[str] | None = None,
 ) -> ExportSummary:
-    """Write `train.jsonl`/`dev.jsonl` (+ `.parquet`) under `out_dir` and a `manifest.json`.
+    """Write `train.jsonl`/`dev.jsonl` (+ `.parquet`) under `out_dir`, the `formats` (default:
+    all of `adapters.FORMATS`) in folders beside them, and a `manifest.json`.
 
     Old split files in `out_dir` are removed first, so the folder always holds one export."""
+    from contrail.distill.adapters import FORMATS, export_adapters
+
+    wanted = list(FORMATS if formats is None else formats)
     rows = to_student_rows(records, dev_fraction=dev_fraction, seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in ("train.jsonl", "train.parquet", "dev.jsonl", "dev.parquet"):
@@ -151,6 +159,12 @@ def export_student(
             table = pa.Table.from_pylist([r.model_dump() for r in part], STUDENT_SCHEMA)
             pq.write_table(table, ppath, compression="zstd")
             files[f"{split}.parquet"] = str(ppath)
+    kept = [r for r in records if r.error is None]
+    by_split: dict[Split, list[RationaleRecord]] = {
+        s: [r for r in kept if split_of(r.item_id, dev_fraction, seed) == s]
+        for s in ("train", "dev")
+    }
+    files.update(export_adapters(by_split, out_dir, wanted))
     summary = ExportSummary(
         source_records=len(records),
         exported=len(rows),
@@ -160,6 +174,7 @@ def export_student(
     )
     manifest = {
         "format": "scott-student-v1",
+        "formats": wanted,
         "dev_fraction": dev_fraction,
         "seed": seed,
         **summary.model_dump(),

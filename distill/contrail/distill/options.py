@@ -1,5 +1,5 @@
-"""Command-line options of the LAS simulator, shared by `contrail eval` and
-`python -m contrail.distill.report eval`.
+"""Command-line options of the LAS simulator and of the student export, shared by `contrail
+eval` / `contrail export` and `python -m contrail.distill eval|export`.
 
 Kept free of numpy and torch: the `contrail` CLI builds its parser from this module on every
 start, and the simulator modules take their defaults from here.
@@ -15,10 +15,12 @@ DEFAULT_LAYER: Final = 16
 DEFAULT_FOLDS: Final = 5
 Training = Literal["auto", "head", "cross-fit"]  # the `--simulator-training` choices
 TRAININGS: Final[tuple[Training, ...]] = ("auto", "head", "cross-fit")
+Format = Literal["trl", "axolotl", "llamafactory", "native"]  # the export's training-tool formats
+FORMATS: Final[tuple[Format, ...]] = ("trl", "axolotl", "llamafactory", "native")
 
 
 def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
-    """The LAS simulator options of `python -m contrail.distill.report eval` and of the
+    """The LAS simulator options of `python -m contrail.distill eval` and of the
     `contrail eval` command."""
     p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
     p.add_argument(
@@ -63,4 +65,18 @@ def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
         choices=["batch", "none"],
         default="batch",
         help="zero-shot simulator only: batch calibration of option scores",
+    )
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="dataset .jsonl or .parquet file")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-parquet", action="store_true")
+    p.add_argument(
+        "--formats",
+        default=",".join(FORMATS),
+        help=f"training-tool formats beside the paper's, comma-separated (default "
+        f"{','.join(FORMATS)}; '' for none)",
     )

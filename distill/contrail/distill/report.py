@@ -49,7 +49,7 @@ from contrail.distill.las import (
     Simulator,
     evaluate_las,
 )
-from contrail.distill.options import add_simulator_arguments
+from contrail.distill.options import add_export_arguments, add_simulator_arguments
 from contrail.distill.simulators import (
     TrainedSimulator,
 )
@@ -336,14 +336,6 @@ def build_simulator(args: argparse.Namespace) -> AnySimulator | None:
     )
 
 
-def add_export_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", type=Path, help="dataset .jsonl or .parquet file")
-    p.add_argument("--out-dir", type=Path, required=True)
-    p.add_argument("--dev-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-parquet", action="store_true")
-
-
 def dataset_label(records: Sequence[RationaleRecord], path: Path) -> tuple[str, str]:
     """(group, variant) of a dataset from its records: the task(s), and the decoding mode (with
     the perturbation for contrastive decoding) and tags, e.g. ("strategyqa",
@@ -402,13 +394,14 @@ def run_export(args: argparse.Namespace) -> int:
         dev_fraction=args.dev_fraction,
         seed=args.seed,
         parquet=not args.no_parquet,
+        formats=[f.strip() for f in args.formats.split(",") if f.strip()],
     )
     print(summary.model_dump_json(indent=2))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m contrail.distill.report")
+    parser = argparse.ArgumentParser(prog="python -m contrail.distill")
     sub = parser.add_subparsers(dest="command", required=True)
     add_eval_arguments(sub.add_parser("eval", help="rationale quality (signals + LAS)"))
     add_export_arguments(sub.add_parser("export", help="student-training export"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -29,7 +30,12 @@ from contrail.core.tasks.formats import load_items
 from contrail.worker import pipeline
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult
 from contrail.worker.engine.reference import ReferenceEngine
-from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
+from contrail.worker.engine.vllm_pair import (
+    EngineMisconfigured,
+    VllmOptions,
+    VllmPairEngine,
+    check_config_in_force,
+)
 from tests.research_data import DATA
 
 from .oracle import assert_equals_contrastive_loop, cfg_generate
@@ -365,3 +371,46 @@ def test_contrastive_modes_differ_from_greedy_on_real_items(smol_vllm: VllmPairE
         differing = sum(a != b for a, b in zip(texts[mode], texts["greedy"], strict=True))
         assert differing >= 4, f"contrastive-{mode} should differ from greedy on most items"
     assert all(texts["greedy"]), "greedy rationales should not be empty"
+
+
+# ------------------------------------------------------------- the configuration in force
+
+
+def test_the_worker_refuses_async_scheduling_and_model_runner_v2(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings the pair processor cannot run under stop the worker at start, with the reason,
+    before a model is loaded."""
+    from contrail.worker.loop import make_engine
+    from contrail.worker.settings import WorkerSettings
+
+    settings = WorkerSettings(
+        engine="vllm",
+        model=str(tiny_model_path),
+        model_cache_dir=tmp_path,
+        engine_options={"extra": {"async_scheduling": True}},
+    )
+    with pytest.raises(EngineMisconfigured, match="async_scheduling on"):
+        make_engine(settings)
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    with pytest.raises(EngineMisconfigured, match="forces Model Runner V2"):
+        make_engine(settings.model_copy(update={"engine_options": {}}))
+
+
+def test_the_running_engine_is_v1_synchronous_and_counts_real_blocks(
+    tiny_vllm: VllmPairEngine,
+) -> None:
+    config = tiny_vllm.llm.llm_engine.vllm_config
+    check_config_in_force(config)  # what the engine was built with passes
+    assert tiny_vllm._block_size == config.cache_config.block_size
+    # The check reads the configuration, not the options asked for.
+    for use_v2, asynchronous, words in [
+        (True, False, "Model Runner V2"),
+        (False, True, "async scheduling"),
+    ]:
+        fake = SimpleNamespace(
+            use_v2_model_runner=use_v2,
+            scheduler_config=SimpleNamespace(async_scheduling=asynchronous),
+        )
+        with pytest.raises(EngineMisconfigured, match=words):
+            check_config_in_force(fake)

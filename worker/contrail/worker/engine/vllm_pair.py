@@ -68,6 +68,47 @@ class _Pair:
 _IN_PROCESS_ENGINES: list[Any] = []
 
 
+class EngineMisconfigured(RuntimeError):
+    """A vLLM configuration the pair processor cannot run under: the worker refuses to serve."""
+
+
+# Why each setting matters (docs/DECODING.md): the processor implements the V1 model-runner
+# interface, and it reads each step's output ids, which async scheduling hands it a step late.
+_V1_ONLY = (
+    "the pair processor implements vLLM's V1 model-runner interface, and Model Runner V2 would "
+    "refuse or bypass it"
+)
+_SYNC_ONLY = (
+    "the pair processor reads each step's output token ids, which async scheduling delivers a "
+    "step late, so the pair's two rows would be scored against stale histories"
+)
+
+
+def _refuse_unsafe_options(options: VllmOptions) -> None:
+    """Refuse, before the engine is built, settings that turn on what the processor cannot run
+    under (they would otherwise come in through CONTRAIL_ENGINE_OPTIONS `extra` or the
+    environment)."""
+    if options.extra.get("async_scheduling"):
+        raise EngineMisconfigured(
+            f"engine options turn async_scheduling on: {_SYNC_ONLY}; remove it from "
+            "CONTRAIL_ENGINE_OPTIONS extra"
+        )
+    forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        raise EngineMisconfigured(
+            f"VLLM_USE_V2_MODEL_RUNNER={forced} forces Model Runner V2: {_V1_ONLY}; unset it"
+        )
+
+
+def check_config_in_force(config: Any) -> None:
+    """Assert, once `LLM()` is built, the configuration the engine really runs with: the V1
+    model runner and synchronous scheduling (a platform or another option may change either)."""
+    if bool(getattr(config, "use_v2_model_runner", False)):
+        raise EngineMisconfigured(f"vLLM chose Model Runner V2: {_V1_ONLY}")
+    if bool(getattr(config.scheduler_config, "async_scheduling", False)):
+        raise EngineMisconfigured(f"vLLM runs with async scheduling: {_SYNC_ONLY}")
+
+
 def _configure_environment(options: VllmOptions) -> None:
     if options.in_process:
         # The in-process engine starts in ~3 s instead of 20-30 s and adds all requests of a
@@ -83,6 +124,7 @@ class VllmPairEngine(Engine):
         self, model_path: str, model_name: str | None = None, options: VllmOptions | None = None
     ) -> None:
         self.options = options or VllmOptions()
+        _refuse_unsafe_options(self.options)
         _configure_environment(self.options)
         from vllm import LLM
 
@@ -118,7 +160,11 @@ class VllmPairEngine(Engine):
         config = self.llm.llm_engine.vllm_config
         self.max_model_len = int(config.model_config.max_model_len)
         self.max_prompt_chars = prompt_char_bound(self.tokenizer.get_vocab(), self.max_model_len)
+        check_config_in_force(config)
         cache = config.cache_config
+        # Admission counts KV blocks of the cache's real size: a backend may choose another
+        # block size than the one asked for, and miscounting shared prefixes means preemption.
+        self._block_size = int(cache.block_size)
         self._kv_tokens = int((cache.num_gpu_blocks or 0) * cache.block_size)
         self._max_batched = int(config.scheduler_config.max_num_batched_tokens)
         self._eos = self._eos_id()
@@ -296,7 +342,7 @@ class VllmPairEngine(Engine):
         With `seen` (block keys of full prompt blocks already counted in the wave) a full prompt
         block is counted only once; returns the need and the new block keys.
         """
-        block = self.options.block_size
+        block = self._block_size
         agreed = pair.progress.agreed
         remaining = pair.request.settings.max_new_tokens - len(agreed)
         total = 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import struct
 import tempfile
 import zlib
 from collections.abc import Iterator, Sequence
@@ -342,15 +343,22 @@ class _Parquet(_Records):
             raise UploadRejected(
                 f"the Parquet file cannot be read within the upload's bounds: {exc}", "too_large"
             ) from None
-        except (pa.ArrowException, OSError) as exc:
+        except (pa.ArrowException, OSError, ValueError, TypeError, OverflowError) as exc:
+            # Whatever a malformed file makes pyarrow or the page-header reader raise is the
+            # file's fault: a 422, never a 500.
             raise UploadRejected(
                 f"not a readable Parquet file (after {index} records): {exc}", "invalid_parquet"
             ) from None
+        except struct.error as exc:
+            raise UploadRejected(f"not a readable Parquet file: {exc}", "invalid_parquet") from None
 
     def _too_long(self, records: list[parquet_bounds.RecordTooLong]) -> Batch:
         """Records holding a cell over the line limit, reported without being read."""
         batch = Batch()
-        for r in records[: self.budget.limit]:
+        first: dict[int, parquet_bounds.RecordTooLong] = {}
+        for r in records:  # a record's first cell over the limit names it, once
+            first.setdefault(r.record, r)
+        for r in sorted(first.values(), key=lambda r: r.record)[: self.budget.limit]:
             message = (
                 f"record {r.record}: its {r.column!r} cell is {r.nbytes} bytes, longer than "
                 f"{self.max_line} bytes"

@@ -29,6 +29,7 @@ from typing import IO, Any, Final
 
 MAX_FOOTER_BYTES: Final = 16 << 20
 BATCH_BYTES: Final = 8 << 20
+MAX_ROW_BYTES: Final = 32 << 20  # what reading a single record may hold, all columns together
 MAX_BATCH_ROWS: Final = 256
 MAX_PAGES: Final = 200_000  # page headers read per upload
 _HEADER_WINDOW: Final = 64 << 10  # a page header longer than this is refused
@@ -94,34 +95,47 @@ class _Compact:
         n = self.varint()
         return (n >> 1) ^ -(n & 1)
 
-    def value(self, kind: int, depth: int) -> Any:
+    def skip(self, n: int) -> None:
+        if n < 0:
+            raise ParquetTooCostly("a page header is malformed (length)")
+        if self.pos + n > len(self.data):
+            raise _Short
+        self.pos += n
+
+    def count(self, size: int) -> int:
+        """A container's element count: every element takes at least one byte, so a count past
+        the bytes left cannot be real (and must not drive a loop)."""
+        if size > len(self.data) - self.pos:
+            raise _Short
+        return size
+
+    def value(self, kind: int, depth: int, element: bool = False) -> Any:
         if depth > 16:
             raise ParquetTooCostly("a page header is malformed (nesting)")
-        if kind in (1, 2):  # booleans carry their value in the type
-            return kind == 1
+        if kind in (1, 2):
+            # A struct field's boolean is in its type; a container's takes a byte of its own.
+            return self.byte() == 1 if element else kind == 1
         if kind == 3:
             return self.byte()
         if kind in (4, 5, 6):
             return self.zigzag()
         if kind == 7:
-            self.pos += 8
+            self.skip(8)
             return None
         if kind == 8:
-            n = self.varint()
-            self.pos += n
+            self.skip(self.varint())
             return None
         if kind in (9, 10):
             head = self.byte()
-            size = head >> 4 if head >> 4 != 15 else self.varint()
-            elem = head & 0x0F
-            return [self.value(elem, depth + 1) for _ in range(size)]
+            size = self.count(head >> 4 if head >> 4 != 15 else self.varint())
+            return [self.value(head & 0x0F, depth + 1, element=True) for _ in range(size)]
         if kind == 11:
-            size = self.varint()
+            size = self.count(self.varint())
             if size:
                 kinds = self.byte()
                 for _ in range(size):
-                    self.value(kinds >> 4, depth + 1)
-                    self.value(kinds & 0x0F, depth + 1)
+                    self.value(kinds >> 4, depth + 1, element=True)
+                    self.value(kinds & 0x0F, depth + 1, element=True)
             return None
         if kind == 12:
             return self.struct(depth + 1)
@@ -158,10 +172,14 @@ def _pages(f: IO[bytes], start: int, length: int, budget: list[int]) -> Iterator
             raise ParquetTooCostly(f"the file has more than {MAX_PAGES} pages")
         reader, header = _header(f, pos, min(4096, end - pos))
         kind, nbytes, compressed = header.get(1), header.get(2), header.get(3)
-        if not isinstance(nbytes, int) or not isinstance(compressed, int) or compressed < 0:
+        if not isinstance(nbytes, int) or not isinstance(compressed, int):
+            raise ParquetTooCostly("a page header is malformed (sizes)")
+        if not (0 <= nbytes < 1 << 31 and 0 <= compressed < 1 << 31):
             raise ParquetTooCostly("a page header is malformed (sizes)")
         sub = header.get(5) or header.get(7) or header.get(8) or {}
         values = sub.get(1, 0) if isinstance(sub, dict) else 0
+        if not isinstance(values, int) or not 0 <= values < 1 << 31:
+            raise ParquetTooCostly("a page header is malformed (value count)")
         data = pos + reader.pos
         yield _Page(kind == _DICTIONARY_PAGE, int(values or 0), nbytes, data, compressed)
         pos = data + compressed
@@ -207,23 +225,32 @@ class _Column:
     total: int = 0  # bytes of all its pages
     widest_page: int = 0
     entry: int = 0  # the longest dictionary entry (a value read from the dictionary)
+    dictionary: int = 0  # bytes of its dictionary page: held while the chunk is read
 
-    def batch_bytes(self, rows: int, batch: int) -> int:
+    def batch_bytes(self, batch: int) -> int:
         """The most bytes any batch of `batch` rows (aligned as pyarrow reads them) holds of
-        this column: the pages it overlaps, plus one dictionary entry per row."""
-        expanded = batch * self.entry
+        this column: the pages it overlaps, its dictionary, and one dictionary entry per row."""
+        held = self.dictionary + batch * self.entry
         if not self.flat:  # pages cannot be mapped to rows: the batch may span the chunk
-            return min(self.total, (batch + 1) * self.widest_page) + expanded
-        worst, i = 0, 0
-        for start in range(0, rows, batch):
-            while i < len(self.pages) and sum(self.pages[i][:2]) <= start:
+            return held + min(self.total, (batch + 1) * self.widest_page)
+        return held + self._widest_window(batch)
+
+    def _widest_window(self, batch: int) -> int:
+        """The most page bytes one aligned window of `batch` rows overlaps. A window inside one
+        page holds that page; any other window holds a page's first row, so only those windows
+        are looked at (as many as pages, whatever the row count the footer claims)."""
+        worst = self.widest_page
+        i = 0
+        for window in sorted({first // batch for first, _, _ in self.pages}):
+            lo, hi = window * batch, window * batch + batch
+            while i < len(self.pages) and self.pages[i][0] + self.pages[i][1] <= lo:
                 i += 1
-            j, held = i, 0
-            while j < len(self.pages) and self.pages[j][0] < start + batch:
+            held, j = 0, i
+            while j < len(self.pages) and self.pages[j][0] < hi:
                 held += self.pages[j][2]
                 j += 1
             worst = max(worst, held)
-        return worst + expanded
+        return worst
 
 
 def plan_row_group(
@@ -246,8 +273,16 @@ def plan_row_group(
         for j in range(group.num_columns)
     ]
     batch = MAX_BATCH_ROWS
-    while batch > 1 and sum(c.batch_bytes(rows, batch) for c in columns) > BATCH_BYTES:
+    while batch > 1 and sum(c.batch_bytes(batch) for c in columns) > BATCH_BYTES:
         batch //= 2
+    one_row = sum(c.batch_bytes(1) for c in columns)
+    if one_row > MAX_ROW_BYTES:
+        raise ParquetTooCostly(
+            f"records {first_record}-{first_record + rows - 1}: reading one record means holding "
+            f"{one_row} bytes of pages and dictionaries across its {len(columns)} columns, over "
+            f"the {MAX_ROW_BYTES} a record may cost; write the file with smaller pages or fewer "
+            "columns"
+        )
     plan.batch_rows = batch
     return plan
 
@@ -287,6 +322,7 @@ def _column(
                 "groups (pyarrow: data_page_size, row_group_size)"
             )
         elif page.dictionary:
+            column.dictionary = max(column.dictionary, page.nbytes)
             column.entry = max(column.entry, _longest_entry(f, chunk, schema, page))
         else:
             column.pages.append((seen, page.values, page.nbytes))
@@ -308,6 +344,10 @@ def _longest_entry(f: IO[bytes], chunk: Any, schema: Any, page: _Page) -> int:
         return int(schema.length)
     import pyarrow as pa
 
+    if page.compressed > BATCH_BYTES:
+        raise ParquetTooCostly(
+            f"column {chunk.path_in_schema!r}: a dictionary page of {page.compressed} bytes"
+        )
     f.seek(page.offset)
     raw = f.read(page.compressed)
     codec = str(chunk.compression).lower()
@@ -318,10 +358,10 @@ def _longest_entry(f: IO[bytes], chunk: Any, schema: Any, page: _Page) -> int:
             f"column {chunk.path_in_schema!r}: unreadable dictionary: {exc}"
         ) from None
     view, pos, longest = memoryview(bytes(data)), 0, 0
-    for _ in range(page.values):
-        if pos + 4 > len(view):
-            raise ParquetTooCostly(f"column {chunk.path_in_schema!r}: malformed dictionary page")
+    for _ in range(min(page.values, len(view) // 4)):
         (n,) = struct.unpack_from("<i", view, pos)
+        if n < 0 or pos + 4 + n > len(view):
+            raise ParquetTooCostly(f"column {chunk.path_in_schema!r}: malformed dictionary page")
         pos += 4 + n
         longest = max(longest, n)
     return longest

@@ -67,8 +67,8 @@ class ApiSettings(CommonSettings):
     max_upload_errors: int = Field(
         default=1000,
         ge=1,
-        description="An upload's validation stops at this many invalid records: 422 at once, "
-        "the rest of the body drained unread (a file of a million bad records costs no more "
+        description="An upload's validation stops at this many invalid records: 422 once "
+        "the rest of the body is drained, unread (a file of a million bad records costs no more "
         "than this many).",
     )
     max_concurrent_uploads: int = Field(

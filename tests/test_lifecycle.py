@@ -255,6 +255,25 @@ def test_an_item_the_engine_fails_on_fails_alone(stack: Stack, tiny_engine: Engi
     assert_exactly_once(stack, job_id, item_ids(n), DECODING, final)
 
 
+def test_giving_messages_back_clears_their_poison_marks(stack: Stack, tiny_engine: Engine) -> None:
+    """A worker that gives its shards back on purpose (SIGTERM past the grace period) was not
+    stopped by the item it was decoding: the next delivery must not set that item aside."""
+    from contrail.worker.poison import PoisonLedger
+
+    announce_worker(stack)
+    job_id = create_job(stack, 8, DECODING)
+    worker = _worker(stack, ScriptedEngine(tiny_engine), batch_shards=1)
+    worker.startup()
+    try:
+        (msg,) = worker.fetch()
+        ledger = PoisonLedger(worker.r, job_id, msg.shard)
+        ledger.in_flight("q000003")  # as if the worker were decoding it alone when told to stop
+        worker.release()
+        assert ledger.settle() == set()
+    finally:
+        worker.shutdown()
+
+
 def test_counted_shard_is_never_decoded_or_rewritten_again(
     stack: Stack, tiny_engine: Engine
 ) -> None:

@@ -34,6 +34,7 @@ from contrail.core.storage import Storage, StorageUnavailable
 from contrail.worker.engine.base import Engine
 from contrail.worker.finalize import Finalizer, FinalizeRetry
 from contrail.worker.job_quality import LasReader
+from contrail.worker.poison import clear_in_flight
 from contrail.worker.resilience import Abandoned, RedisGuard
 from contrail.worker.settings import WorkerSettings
 from contrail.worker.shards import ShardProcessor
@@ -148,11 +149,15 @@ class Worker:
             self.engine.close()
 
     def release(self) -> None:
-        """Give the messages in hand back to the queue without spending a delivery."""
+        """Give the messages in hand back to the queue without spending a delivery (and clear
+        their poison marks: a stop on purpose is not an item's doing)."""
         with self._lock:
             ids = sorted(self.in_hand)
+            held = [(m.job_id, m.shard) for m in self.in_hand.values() if m.kind == "shard"]
         if not ids:
             return
+        with contextlib.suppress(redis.RedisError):
+            clear_in_flight(self.r, held)
         try:
             n = self.queue.run(protocol.release(self.s.model_id, ids))
             log.info("gave %d message(s) back to the queue", n)

@@ -9,10 +9,13 @@ behind, and the next delivery reads it: that item was in flight at a death of an
 attempt, after the death of the wave that first held it, so it has stopped two workers. It
 becomes a per-item `worker_crashed` error; every other item of the shard is decoded again.
 
-So one poison item costs two worker restarts, whatever the number of deliveries allowed, and its
-shard-mates and every other job complete. The price is that a worker killed for another reason
-while it decodes a redelivered shard item by item (an operator's kill -9, a node lost) also sets
-that one item aside; `POST /v1/jobs/{id}/resubmit` decodes it again.
+So one poison item costs two worker restarts (with `max_deliveries` of 3 or more, the default:
+the third delivery is the one that sets it aside), and its shard-mates and every other job
+complete. A worker that gives its messages back on purpose (SIGTERM past the grace period)
+clears the marks of the shards it held first: that stop was not the item's doing. The price is
+that a worker killed for another reason while it decodes a redelivered shard item by item (an
+operator's kill -9, a node lost) also sets that one item aside; `POST /v1/jobs/{id}/resubmit`
+decodes it again.
 
 The ledger (`keys.job_poison`) holds `inflight` -> the item id of an isolated attempt's engine
 call in progress, and `dead:<item id>` -> 1 for each item set aside; it expires after a week.
@@ -64,3 +67,12 @@ class PoisonLedger:
     def landed(self) -> None:
         """The engine call in flight returned: the worker is alive past it."""
         self.r.hdel(self.key, _INFLIGHT)
+
+
+def clear_in_flight(r: redis.Redis, shards: list[tuple[str, int]]) -> None:
+    """Forget the in-flight marks of (job id, shard) pairs a worker gives back on purpose."""
+    if shards:
+        pipe = r.pipeline(transaction=False)
+        for job_id, shard in shards:
+            pipe.hdel(keys.job_poison(job_id, shard), _INFLIGHT)
+        pipe.execute()

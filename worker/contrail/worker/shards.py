@@ -128,13 +128,19 @@ class ShardProcessor:
             report.decoded += 1
         for w in (w for w in work if w.msg.deliveries > 1):
             # Counted one by one: a death on a later shard does not undo this one's work.
-            self._resolve(*self._decode_alone(w))
+            alone = self._decode_alone(w)
+            if alone is None:
+                report.failed.append(w.msg)
+                continue
+            self._resolve(*alone)
             report.decoded += 1
         return report
 
-    def _decode_alone(self, w: ShardWork) -> tuple[ShardWork, list[DecodeResult], float]:
+    def _decode_alone(self, w: ShardWork) -> tuple[ShardWork, list[DecodeResult], float] | None:
         """A redelivered shard, one item per engine call, each marked in flight first; items an
-        earlier attempt died on are set aside (worker_crashed) instead of decoded again."""
+        earlier attempt died on are set aside (worker_crashed) instead of decoded again. An item
+        the engine raises on is an engine_error alone; when it raises on every item the engine,
+        not the items, is at fault: None, and the shard is charged a failed delivery as before."""
         ledger = PoisonLedger(self.queue.r, w.msg.job_id, w.msg.shard)
         dead = self.guard.call(ledger.settle)
         log.warning(
@@ -146,6 +152,7 @@ class ShardProcessor:
         )
         t0 = time.perf_counter()
         results: list[DecodeResult] = []
+        attempted = raised = 0
         for item_id, requests in _by_item(w.requests, f"{w.msg.job_id}/{w.msg.shard}/"):
             if item_id in dead:
                 self.guard.call(self.queue.count_stat, "items_set_aside")
@@ -154,12 +161,17 @@ class ShardProcessor:
                 ]
                 continue
             self.guard.call(ledger.in_flight, item_id)
+            attempted += 1
             try:
                 results += self.engine.generate(requests)
             except Exception as exc:
                 log.exception("engine failed on item %r of shard %s", item_id, w.msg.shard)
+                self.guard.call(self.queue.count_stat, "engine_errors")
                 results += [_failed(r, f"engine_error: {exc}") for r in requests]
+                raised += 1
             self.guard.call(ledger.landed)
+        if attempted > 1 and raised == attempted:
+            return None
         return w, results, time.perf_counter() - t0
 
     def _decode_isolating(

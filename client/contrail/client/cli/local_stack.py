@@ -159,7 +159,14 @@ class LocalStack:
             return False
         if now < proc.restart_at:
             return False
-        proc.popen = _spawn(proc.cmd, proc.env, proc.log)
+        # What the dead child started in its session (an engine-core process holding memory,
+        # say) goes first, or the new one could not start beside it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        try:
+            proc.popen = _spawn(proc.cmd, proc.env, proc.log)
+        except OSError as exc:
+            raise CommandFailed(f"could not restart {proc.name}: {exc}") from None
         proc.restarts += 1
         proc.started_at, proc.restart_at = now, None
         print(

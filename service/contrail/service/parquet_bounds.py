@@ -15,6 +15,10 @@ copy of it). So before a row group is read:
   is less; and for a dictionary-encoded one, the longest dictionary entry once per row (read
   from the dictionary page, at most `BATCH_BYTES` decompressed).
 
+Known limit: a nested column's pages cannot be mapped to rows from their headers (version-1 data
+pages count leaf values, not rows), so one list cell spanning many pages is estimated at two
+pages per row; reading its repetition levels would close that.
+
 pyarrow exposes no page headers, so this module reads them itself: a Parquet page header is a
 small Thrift struct in the compact protocol, and the few dozen lines below decode just that
 (fastparquet could, but it is a second Parquet engine for one struct).

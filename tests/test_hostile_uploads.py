@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.service_fixtures import KEY_A, KEY_B, Stack
+from tests.service_fixtures import KEY_A, KEY_B, METRICS_TOKEN, Stack
 
 CELL = 200 << 20
 RSS_BOUND_MB = 50
@@ -45,6 +46,17 @@ def _peak_growth_mb(stack: Stack, send: Any) -> tuple[httpx.Response, int]:
     before = _status(pid)["VmRSS"]
     response = send()
     return response, _status(pid)["VmHWM"] - before
+
+
+def _uploads_validating(stack: Stack) -> float:
+    r = httpx.get(
+        f"{stack.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10
+    )
+    r.raise_for_status()
+    for line in r.text.splitlines():
+        if line.startswith("contrail_uploads_validating "):
+            return float(line.split()[1])
+    raise AssertionError("no contrail_uploads_validating on /metrics")
 
 
 def _parquet(rows: dict[str, list[Any]], **options: Any) -> bytes:
@@ -167,17 +179,16 @@ def test_uploads_over_a_tenants_cap_get_429(upload_stack: Stack) -> None:
     for t in holders:
         t.start()
     try:
+        # Until both slow uploads hold their slots (a loaded machine may take seconds to start
+        # them). The API's gauge says so without taking a slot itself.
+        deadline = time.monotonic() + 60
+        while _uploads_validating(upload_stack) < 2:
+            assert time.monotonic() < deadline, "the slow uploads never took their slots"
+            time.sleep(0.05)
         with upload_stack.client(KEY_A) as c:
-            # Until both slow uploads hold their slots (a loaded CI machine may take seconds to
-            # start them; each earlier attempt is an ordinary upload that succeeds).
-            for _ in range(600):
-                third = c.post(
-                    "/v1/files", content=b'{"id": "t", "question": "q?", "answer": "a"}\n'
-                )
-                if third.status_code == 429:
-                    break
-                threading.Event().wait(0.05)
+            third = c.post("/v1/files", content=b'{"id": "t", "question": "q?", "answer": "a"}\n')
         assert third.status_code == 429, third.text
+        assert "being validated already" in third.json()["error"]["message"]
         assert third.headers["Retry-After"] == "5"
         other = _post(
             upload_stack, b'{"id": "o", "question": "q?", "answer": "a"}\n', "o.jsonl", KEY_B

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -30,6 +30,11 @@ API_ERRORS = Counter(
 )
 UPLOADED_ITEMS = Counter(
     "contrail_uploaded_items", "Items accepted in uploaded files", registry=REGISTRY
+)
+UPLOADS_VALIDATING = Gauge(
+    "contrail_uploads_validating",
+    "Uploads being validated in this API process (each holds one of its tenant's upload slots)",
+    registry=REGISTRY,
 )
 JOBS_CREATED = Counter("contrail_jobs_created", "Jobs created", registry=REGISTRY)
 KEY_RELOAD_ERRORS = Counter(

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from contrail.service.errors import ApiError
+from contrail.service.metrics import UPLOADS_VALIDATING
 
 RETRY_AFTER_S: Final = 5
 
@@ -36,9 +37,11 @@ class UploadSlots:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         self.busy[tenant] += 1
+        UPLOADS_VALIDATING.inc()
         try:
             yield
         finally:
+            UPLOADS_VALIDATING.dec()
             self.busy[tenant] -= 1
             if not self.busy[tenant]:
                 del self.busy[tenant]

@@ -1,0 +1,80 @@
+"""`contrail.distill.student.train` on the tiny model: training lowers the loss, the run folder
+holds what it promises, the weighted loss weighs the kinds, and a run resumes from its last
+checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrail.distill.student.train import TrainConfig, mean_loss, train, weighted_loss
+from tests.test_export_adapters import _records
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("student") / "data.jsonl"
+    path.write_text("".join(r.model_dump_json() + "\n" for r in _records(24)))
+    return path
+
+
+def test_training_lowers_the_loss_and_writes_the_run_folder(
+    dataset: Path, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from contrail.distill.export import load_records
+    from contrail.distill.student.examples import build_examples, split_records
+
+    config = TrainConfig(
+        model=str(tiny_model_path), objective="scott", learning_rate=3e-3, batch_size=8,
+        epochs=4, dev_fraction=0.25, max_tokens=256, patience=4,
+    )  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    train_recs = split_records(load_records(dataset), dev_fraction=0.25, seed=0)["train"]
+    examples = build_examples(train_recs, tok, "scott", max_tokens=256).examples
+    assert {e.kind for e in examples} == {"factual", "counterfactual"}
+    before = mean_loss(AutoModelForCausalLM.from_pretrained(tiny_model_path), examples, 0)
+
+    report = train(dataset, tmp_path / "run", config)
+
+    after = mean_loss(AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model"), examples, 0)
+    assert after < 0.8 * before, (before, after)
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert saved["config"]["objective"] == "scott"
+    assert saved["examples"]["train"]["counterfactual"] > 0
+    assert saved["items"]["train"] + saved["items"]["dev"] == 48
+    assert saved["teachers"] and saved["dataset_sha256"] == report.dataset_sha256
+    assert report.epochs_run == 4 and report.tokens_per_second > 0
+    assert report.best_dev_loss is not None and report.best_dev_loss < before
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["alpha"] == 0.5
+
+    # Resume: a longer run picks up the last checkpoint instead of starting over.
+    longer = config.model_copy(update={"epochs": 5})
+    resumed = train(dataset, tmp_path / "run", longer, resume=True)
+    assert resumed.resumed_from is not None and resumed.resumed_from.endswith(
+        "checkpoint-24"
+    )  # 6 steps an epoch
+    assert resumed.epochs_run == 5
+
+
+def test_the_loss_weighs_the_two_kinds() -> None:
+    # Two rows, each learning one token: the factual row's CE is ln 2, the counterfactual's 0.
+    logits = torch.zeros((2, 2, 4))
+    logits[1, 0, 3] = 100.0  # the counterfactual row predicts its label with certainty
+    labels = torch.tensor([[-100, 1], [-100, 3]])
+    logits[0, 0, :2] = 10.0  # the factual row splits between tokens 0 and 1
+    kind = torch.tensor([False, True])
+    ln2 = torch.log(torch.tensor(2.0)).item()
+    assert weighted_loss(logits, labels, kind, 0.5).item() == pytest.approx(0.5 * ln2, abs=1e-4)
+    assert weighted_loss(logits, labels, kind, 0.0).item() == pytest.approx(ln2, abs=1e-4)
+    assert weighted_loss(logits, labels, kind, 1.0).item() == pytest.approx(0.0, abs=1e-4)
+    # Without counterfactual rows the loss is the factual CE, whatever a is.
+    only = torch.tensor([False, False])
+    assert weighted_loss(logits[:1], labels[:1], only[:1], 0.5).item() == pytest.approx(
+        ln2, abs=1e-4
+    )

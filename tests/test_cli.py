@@ -77,6 +77,7 @@ SUBCOMMANDS = [
     ["generate"],
     ["eval"],
     ["export"],
+    ["train"],
 ]
 
 

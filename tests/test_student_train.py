@@ -78,3 +78,33 @@ def test_the_loss_weighs_the_two_kinds() -> None:
     assert weighted_loss(logits[:1], labels[:1], only[:1], 0.5).item() == pytest.approx(
         ln2, abs=1e-4
     )
+
+
+def test_contrail_train_runs_from_the_command_line(
+    dataset: Path, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "contrail.client.cli", "train", str(dataset)]
+    cmd += ["--out-dir", str(tmp_path / "run"), "--model", str(tiny_model_path)]
+    cmd += ["--objective", "factual", "--epochs", "1", "--batch-size", "8"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # stdout also has the Trainer's log lines; the report is its last JSON and the run's file.
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert done.stdout.rstrip().endswith("}") and '"objective": "factual"' in done.stdout
+    assert report["config"]["objective"] == "factual"
+    assert report["examples"]["train"] == {"factual": report["examples"]["train"]["factual"]}
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    # A bad setting is a usage error naming it, not a traceback.
+    bad = subprocess.run(
+        [*cmd[:5], "--out-dir", str(tmp_path / "bad"), "--alpha", "2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "alpha" in bad.stderr, bad.stderr[-2000:]
+    missing = subprocess.run(
+        [*cmd[:4], str(tmp_path / "none.jsonl"), "--out-dir", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "no such dataset file" in missing.stderr

@@ -1,7 +1,7 @@
 """The distill part's commands, registered into the ``contrail`` CLI as a plugin (entry point
-``contrail.cli``): ``eval`` (rationale quality of datasets or jobs) and ``export`` (the student
-export). Registering only builds parsers; torch and the simulators are imported inside the
-commands."""
+``contrail.cli``): ``eval`` (rationale quality of datasets or jobs), ``export`` (the student
+export) and ``train`` (a student fine-tuned on a dataset or a job). Registering only builds
+parsers; torch, transformers and the simulators are imported inside the commands."""
 
 from __future__ import annotations
 
@@ -49,6 +49,54 @@ def cmd_export(args: argparse.Namespace) -> int:
     return int(evaluation.run_export(args))
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fine-tune a student on a dataset file or a finished job (downloaded first)."""
+    from pydantic import ValidationError
+
+    student = lazy("contrail.distill.student.train", "train")
+    fields = (
+        "model", "objective", "alpha", "learning_rate", "batch_size", "epochs", "patience",
+        "dev_fraction", "max_tokens", "seed", "device", "dtype", "lora_r",
+    )  # fmt: skip
+    try:
+        config = student.TrainConfig(**{f: getattr(args, f) for f in fields})
+    except ValidationError as exc:
+        raise UsageError(str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        source = Path(args.dataset)
+        if not source.is_file():
+            if source.suffix in (".jsonl", ".parquet"):
+                raise UsageError(f"no such dataset file: {source}")
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrail-train-")))
+            with make_client(args) as client:  # not a file: a job id
+                source = client.jobs.download(args.dataset, tmp / f"{args.dataset}.jsonl")
+        try:
+            report = student.train(source, Path(args.out_dir), config, resume=args.resume)
+        except ValueError as exc:  # too few records for the objective
+            raise UsageError(str(exc)) from None
+    print(report.model_dump_json(indent=2))
+    return 0
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", help="dataset .jsonl/.parquet file or a finished job's id")
+    p.add_argument("--out-dir", type=Path, required=True, help="the run folder")
+    p.add_argument("--model", default="smollm2-135m", help="student: name, folder or Hub id")
+    p.add_argument("--objective", choices=["scott", "factual", "answer"], default="scott")
+    p.add_argument("--alpha", type=float, default=0.5, help="counterfactual weight (scott)")
+    p.add_argument("--learning-rate", type=float, default=3e-5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--patience", type=int, default=2, help="early stopping, in epochs")
+    p.add_argument("--dev-fraction", type=float, default=0.1, help="items held out for dev loss")
+    p.add_argument("--max-tokens", type=int, default=512, help="longer rows are left out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: full tuning)")
+    p.add_argument("--resume", action="store_true", help="from the run folder's last checkpoint")
+
+
 def register(registry: CommandRegistry) -> None:
     conn = registry.connection
 
@@ -72,3 +120,11 @@ def register(registry: CommandRegistry) -> None:
     )
     add_export_arguments(p)
     p.set_defaults(func=cmd_export)
+
+    p = registry.add(
+        "train",
+        parents=[conn],
+        help="fine-tune a student on a dataset or job: scott, factual or answer objective",
+    )
+    _add_train_arguments(p)
+    p.set_defaults(func=cmd_train)

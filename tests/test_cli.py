@@ -78,6 +78,7 @@ SUBCOMMANDS = [
     ["eval"],
     ["export"],
     ["train"],
+    ["eval-student"],
 ]
 
 

@@ -97,6 +97,18 @@ def test_contrail_train_runs_from_the_command_line(
     assert report["config"]["objective"] == "factual"
     assert report["examples"]["train"] == {"factual": report["examples"]["train"]["factual"]}
     assert (tmp_path / "run" / "model" / "config.json").is_file()
+    # ... then evaluated on the items it held out.
+    scores = tmp_path / "eval.json"
+    cmd_eval = [sys.executable, "-m", "contrail.client.cli", "eval-student", str(dataset)]
+    cmd_eval += ["--student", f"tiny={tmp_path / 'run' / 'model'}", "--no-las"]
+    cmd_eval += ["--max-new-tokens", "8", "--bootstrap", "50", "--json", str(scores)]
+    evaluated = subprocess.run(cmd_eval, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert evaluated.stdout.startswith("| student | accuracy |")
+    payload = json.loads(scores.read_text())
+    (ev,) = payload["evaluations"]
+    assert ev["student"] == "tiny" and ev["items"] == report["items"]["dev"]
+    assert set(ev["metrics"]) == {"accuracy", "own", "oracle", "perturbed", "drop", "following"}
     # A bad setting is a usage error naming it, not a traceback.
     bad = subprocess.run(
         [*cmd[:5], "--out-dir", str(tmp_path / "bad"), "--alpha", "2"],

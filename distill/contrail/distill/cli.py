@@ -78,6 +78,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_student(args: argparse.Namespace) -> int:
+    """Students on the held-out items of a dataset, with paired CIs against the first."""
+    students: list[tuple[str, Path]] = []
+    for spec in args.student:
+        name, sep, folder = spec.partition("=")
+        path = Path(folder if sep else name)
+        if not (path / "config.json").is_file():
+            raise UsageError(f"--student {spec}: no model folder at {path}")
+        students.append((name if sep else path.parent.name or path.name, path))
+    if not Path(args.dataset).is_file():
+        raise UsageError(f"no such dataset file: {args.dataset}")
+    run = lazy("contrail.distill.student.run_eval", "eval")
+    try:
+        return int(run.run(args, students))
+    except ValueError as exc:  # bad simulator options, no held-out items
+        raise UsageError(str(exc)) from None
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset .jsonl/.parquet file or a finished job's id")
     p.add_argument("--out-dir", type=Path, required=True, help="the run folder")
@@ -128,3 +146,27 @@ def register(registry: CommandRegistry) -> None:
     )
     _add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = registry.add(
+        "eval-student",
+        help="students on held-out items: accuracy, oracle, perturbed drop, counterfactual "
+        "following, LAS; paired bootstrap CIs against the first student",
+    )
+    p.add_argument("dataset", help="dataset .jsonl/.parquet file (its held-out items are used)")
+    p.add_argument(
+        "--student", action="append", required=True,
+        help="NAME=FOLDER or FOLDER (a run's model/ folder); repeat to compare",
+    )  # fmt: skip
+    p.add_argument(
+        "--split", choices=["dev", "all"], default="dev",
+        help="dev (default): the items contrail train held out with the same --dev-fraction and "
+        "--seed; all: every item (a dataset the students never saw)",
+    )  # fmt: skip
+    p.add_argument("--dev-fraction", type=float, default=0.1)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--device", default="cpu")
+    add_simulator_arguments(p)
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write evaluations + comparisons")
+    p.set_defaults(func=cmd_eval_student)

@@ -1,0 +1,121 @@
+"""The student metrics (contrail.distill.student.evaluate) on hand-built students whose behaviour
+is known, the paired comparison, and the model-backed student on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from contrail.client.types import RationaleRecord, Tag, TaskName
+from contrail.distill.student.evaluate import compare, evaluate, parse_generation
+from tests.test_evaluation import make_record
+
+N = 40
+
+
+def _data() -> list[RationaleRecord]:
+    """N StrategyQA items, golds alternating yes/no, each with a counterfactual rationale."""
+    out = []
+    for i in range(N):
+        gold, wrong = ("yes", "no") if i % 2 else ("no", "yes")
+        q = f"Is thing {i} so?"
+        out.append(make_record(f"q{i}", f"Thing {i} means {gold}.", question=q, answer=gold))
+        out.append(
+            make_record(
+                f"q{i}", f"Thing {i} means {wrong}.", question=q, answer=wrong, gold=gold,
+                tag=Tag.COUNTERFACTUAL, contrast=gold,
+            )
+        )  # fmt: skip
+    return out
+
+
+GOLD = {f"Is thing {i} so?": ("yes" if i % 2 else "no") for i in range(N)}
+
+
+def _question(prompt: str) -> str:
+    return next(q for q in GOLD if q in prompt)
+
+
+class Ignores:
+    """Knows every answer and never reads its rationale."""
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        return [f"[factual] I just know. So the answer is {GOLD[_question(p)]}" for p in prompts]
+
+    def choose(self, prefixes: Sequence[str], options: Sequence[Sequence[str]]) -> list[int]:
+        return [list(o).index(GOLD[_question(p)]) for p, o in zip(prefixes, options, strict=True)]
+
+    def perturb(self, rationale: str, item_id: str, seed: int) -> str:
+        return "zq " * len(rationale.split())
+
+
+class Follows:
+    """States the answer in its rationale and answers whatever the rationale says."""
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        return [f"[factual] It means {GOLD[_question(p)]}. So the answer is {GOLD[_question(p)]}"
+                for p in prompts]  # fmt: skip
+
+    def choose(self, prefixes: Sequence[str], options: Sequence[Sequence[str]]) -> list[int]:
+        picks = []
+        for prefix, opts in zip(prefixes, options, strict=True):
+            rationale = prefix.rsplit("[factual]", 1)[1]
+            said = [i for i, o in enumerate(opts) if f" {o}." in rationale]
+            picks.append(said[0] if said else 0)  # an unreadable rationale: the first option
+        return picks
+
+    def perturb(self, rationale: str, item_id: str, seed: int) -> str:
+        return "zq " * len(rationale.split())
+
+
+def test_a_student_that_ignores_its_rationale_has_no_drop_and_follows_nothing() -> None:
+    result = evaluate(Ignores(), _data(), name="ignores", reps=200)
+    m = result.metrics
+    assert result.items == N
+    assert m["accuracy"].value == m["own"].value == m["oracle"].value == 1.0
+    assert m["perturbed"].value == 1.0 and m["drop"].value == 0.0
+    assert m["drop"].low == m["drop"].high == 0.0
+    assert m["following"].value == 0.0
+
+
+def test_a_student_that_follows_its_rationale_drops_and_follows() -> None:
+    result = evaluate(Follows(), _data(), name="follows", reps=200)
+    m = result.metrics
+    assert m["accuracy"].value == m["own"].value == m["oracle"].value == 1.0
+    # Unreadable after perturbation: "yes" (the first option) every time, right on half.
+    assert m["perturbed"].value == 0.5 and m["drop"].value == 0.5
+    assert m["following"].value == 1.0
+    assert m["drop"].low > 0.3
+
+
+def test_the_paired_comparison_is_on_shared_items() -> None:
+    a = evaluate(Follows(), _data(), name="follows", reps=200)
+    b = evaluate(Ignores(), _data()[:N], name="ignores", reps=200)  # the first N/2 items
+    diff = compare(a, b, reps=500)
+    assert diff.items == N // 2
+    assert diff.differences["accuracy"].value == 0.0
+    assert diff.differences["following"].value == 1.0
+    assert diff.differences["following"].low == 1.0
+    drop = diff.differences["drop"]
+    assert drop.low <= drop.value == 0.5 <= drop.high
+
+
+def test_generations_are_parsed() -> None:
+    assert parse_generation("[factual] A b. So the answer is yes.\nmore") == ("A b.", "yes")
+    assert parse_generation("no answer here") == ("no answer here", "")
+
+
+def test_the_model_backed_student_runs_every_metric(tiny_model_path: Path) -> None:
+    from contrail.distill.student.hf import HFStudent
+
+    student = HFStudent(tiny_model_path, max_new_tokens=12)
+    data = _data()[:8]
+    result = evaluate(student, data, name="tiny", reps=100)
+    assert result.items == 4
+    assert all(r.own is not None and r.following is not None for r in result.results)
+    noisy = student.perturb("Thing 1 means yes because of many facts.", "q1", 0)
+    assert noisy == student.perturb("Thing 1 means yes because of many facts.", "q1", 0)
+    assert noisy != "Thing 1 means yes because of many facts."
+    json.loads(result.model_dump_json())  # the results file's content
+    assert {TaskName.STRATEGYQA} == {r.task for r in data}

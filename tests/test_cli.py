@@ -397,3 +397,48 @@ def test_eval_and_export_subcommands(tmp_path: Path, tiny_model_path: Path) -> N
 
     failed(run("eval", str(tmp_path / "missing.jsonl")), 2)
     failed(run("export", str(tmp_path / "missing.jsonl"), "--out-dir", str(out_dir)), 2)
+
+
+def test_train_and_eval_student_on_a_job(
+    stack: Stack, tmp_path: Path, tiny_model_path: Path
+) -> None:
+    """The student loop through the real stack: a job's rationales, `contrail train` on its id,
+    `contrail eval-student` on the items the student never saw."""
+    stack.worker()
+    env = _env(stack)
+    src = tmp_path / "items.jsonl"
+    src.write_bytes(items_jsonl(24))
+    result = ok(
+        run(
+            "submit", str(src), "--model", "tiny", "--max-new-tokens", "12",
+            "--counterfactual-fraction", "1", "--wait", "--no-progress", "--json", env=env,
+        )
+    )  # fmt: skip
+    job = json.loads(result.stdout[: result.stdout.rindex("}") + 1])
+    assert job["status"] == "completed"
+    out = tmp_path / "student"
+    ok(
+        run(
+            "train", job["id"], "--out-dir", str(out), "--model", str(tiny_model_path),
+            "--epochs", "1", "--batch-size", "8", "--dev-fraction", "0.25", env=env, timeout=600,
+        )
+    )  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["examples"]["train"]["counterfactual"] > 0  # scott, the default objective
+    assert report["teachers"] == ["tiny"] and report["items"]["dev"] > 0
+    ok(run("results", job["id"], "-o", str(tmp_path / "data.jsonl"), env=env))
+    scores = tmp_path / "eval.json"
+    ok(
+        run(
+            "eval-student", str(tmp_path / "data.jsonl"), "--student", f"s={out / 'model'}",
+            "--student", f"base={tiny_model_path}", "--dev-fraction", "0.25", "--no-las",
+            "--max-new-tokens", "8", "--bootstrap", "50", "--json", str(scores), timeout=600,
+        )
+    )  # fmt: skip
+    payload = json.loads(scores.read_text())
+    first = payload["evaluations"][0]
+    assert first["items"] == report["items"]["dev"]
+    assert all(r["following"] is not None for r in first["results"])  # every item has a cf
+    (comparison,) = payload["comparisons"]
+    assert comparison["a"] == "base" and comparison["b"] == "s"
+    assert comparison["items"] == first["items"]

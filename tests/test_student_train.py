@@ -120,3 +120,21 @@ def test_contrail_train_runs_from_the_command_line(
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert missing.returncode == 2 and "no such dataset file" in missing.stderr
+
+
+def test_lora_training_saves_a_merged_model(
+    dataset: Path, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    config = TrainConfig(
+        model=str(tiny_model_path), objective="factual", learning_rate=1e-2, batch_size=8,
+        epochs=1, dev_fraction=0.25, max_tokens=256, lora_r=4,
+    )  # fmt: skip
+    train(dataset, tmp_path / "run", config)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    names = set(merged.state_dict())
+    assert names == set(base.state_dict())  # no adapter weights left: a plain model
+    changed = [n for n in names if not torch.equal(merged.state_dict()[n], base.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # LoRA touched the attention only

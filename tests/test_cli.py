@@ -426,13 +426,13 @@ def test_train_and_eval_student_on_a_job(
     report = json.loads((out / "report.json").read_text())
     assert report["examples"]["train"]["counterfactual"] > 0  # scott, the default objective
     assert report["teachers"] == ["tiny"] and report["items"]["dev"] > 0
-    ok(run("results", job["id"], "-o", str(tmp_path / "data.jsonl"), env=env))
     scores = tmp_path / "eval.json"
     ok(
         run(
-            "eval-student", str(tmp_path / "data.jsonl"), "--student", f"s={out / 'model'}",
+            "eval-student", job["id"], "--student", f"s={out / 'model'}",
             "--student", f"base={tiny_model_path}", "--dev-fraction", "0.25", "--no-las",
-            "--max-new-tokens", "8", "--bootstrap", "50", "--json", str(scores), timeout=600,
+            "--max-new-tokens", "8", "--bootstrap", "50", "--json", str(scores), env=env,
+            timeout=600,
         )
     )  # fmt: skip
     payload = json.loads(scores.read_text())

@@ -63,13 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise UsageError(str(exc)) from None
     with contextlib.ExitStack() as stack:
-        source = Path(args.dataset)
-        if not source.is_file():
-            if source.suffix in (".jsonl", ".parquet"):
-                raise UsageError(f"no such dataset file: {source}")
-            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="contrail-train-")))
-            with make_client(args) as client:  # not a file: a job id
-                source = client.jobs.download(args.dataset, tmp / f"{args.dataset}.jsonl")
+        source = _dataset_or_job(args, stack, "contrail-train-")
         try:
             report = student.train(source, Path(args.out_dir), config, resume=args.resume)
         except ValueError as exc:  # too few records for the objective
@@ -87,13 +81,26 @@ def cmd_eval_student(args: argparse.Namespace) -> int:
         if not (path / "config.json").is_file():
             raise UsageError(f"--student {spec}: no model folder at {path}")
         students.append((name if sep else path.parent.name or path.name, path))
-    if not Path(args.dataset).is_file():
-        raise UsageError(f"no such dataset file: {args.dataset}")
     run = lazy("contrail.distill.student.run_eval", "eval")
-    try:
-        return int(run.run(args, students))
-    except ValueError as exc:  # bad simulator options, no held-out items
-        raise UsageError(str(exc)) from None
+    with contextlib.ExitStack() as stack:
+        args.dataset = _dataset_or_job(args, stack, "contrail-eval-student-")
+        try:
+            return int(run.run(args, students))
+        except ValueError as exc:  # bad simulator options, no held-out items
+            raise UsageError(str(exc)) from None
+
+
+def _dataset_or_job(args: argparse.Namespace, stack: contextlib.ExitStack, prefix: str) -> Path:
+    """`args.dataset` as a file: itself, or a finished job's records downloaded into a
+    temporary folder that `stack` removes."""
+    source = Path(args.dataset)
+    if source.is_file():
+        return source
+    if source.suffix in (".jsonl", ".parquet"):
+        raise UsageError(f"no such dataset file: {source}")
+    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
+    with make_client(args) as client:  # not a file: a job id
+        return client.jobs.download(args.dataset, tmp / f"{args.dataset}.jsonl")
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -149,10 +156,13 @@ def register(registry: CommandRegistry) -> None:
 
     p = registry.add(
         "eval-student",
+        parents=[conn],
         help="students on held-out items: accuracy, oracle, perturbed drop, counterfactual "
         "following, LAS; paired bootstrap CIs against the first student",
     )
-    p.add_argument("dataset", help="dataset .jsonl/.parquet file (its held-out items are used)")
+    p.add_argument(
+        "dataset", help="dataset .jsonl/.parquet file or a finished job's id (its held-out items)"
+    )
     p.add_argument(
         "--student", action="append", required=True,
         help="NAME=FOLDER or FOLDER (a run's model/ folder); repeat to compare",

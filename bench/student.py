@@ -1,0 +1,171 @@
+"""The student experiment (issue 21, docs/quality/STUDENT.md): does a student trained on
+contrastively decoded rationales, with counterfactual training, answer more faithfully to its
+rationales at about the same accuracy?
+
+For one task (CREAK by default, where the LAS simulator is validated):
+1. teacher datasets with contrail on the first `--train-items` training items: greedy,
+   contrastive-empty, and contrastive-wrong with a counterfactual for every item;
+2. the evaluation set: the first `--dev-items` dev items, contrastive-wrong with counterfactuals
+   (the teacher's rationale for the oracle, a counterfactual rationale for following);
+3. students per seed: `answer` (no rationale), `factual` on each decoding, `scott` on
+   contrastive-wrong, all trained the same way;
+4. every student evaluated on every evaluation item (`contrail.distill.student.evaluate`, with
+   LAS under the task's committed simulator head), and compared with the `factual` student on
+   contrastive-wrong by a paired bootstrap.
+
+Writes `--out` (JSON with provenance). Run it at a clean commit; it takes hours at the defaults
+on 2 cores (the teacher's generation and five trainings per seed).
+
+    nice -n 10 .venv/bin/python bench/student.py --task creak --out docs/quality/student-creak.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from las_validation import DATA, task_files
+from provenance import git_sha
+
+from contrail.client.types import DecodingMode, DecodingSettings, Perturbation, TaskName
+from contrail.distill.export import load_records
+from contrail.distill.las import evaluate_las
+from contrail.distill.simulators import TrainedSimulator
+from contrail.distill.student.evaluate import compare, evaluate
+from contrail.distill.student.hf import HFStudent
+from contrail.distill.student.train import TrainConfig, train
+from contrail.worker.offline import run_generate
+
+DECODINGS: dict[str, DecodingSettings] = {
+    "greedy": DecodingSettings(mode=DecodingMode.GREEDY),
+    "contrastive-empty": DecodingSettings(perturbation=Perturbation.EMPTY),
+    "contrastive-wrong": DecodingSettings(counterfactual_fraction=1.0),
+}
+# (student, objective, teacher dataset)
+STUDENTS = [
+    ("answer", "answer", "contrastive-wrong"),
+    ("factual-greedy", "factual", "greedy"),
+    ("factual-empty", "factual", "contrastive-empty"),
+    ("factual-wrong", "factual", "contrastive-wrong"),
+    ("scott", "scott", "contrastive-wrong"),
+]
+BASELINE = "factual-wrong"
+
+
+def teacher_datasets(
+    args: argparse.Namespace, task: TaskName, train_file: Path, dev_file: Path, work: Path
+) -> tuple[dict[str, Path], Path, dict[str, float]]:
+    seconds: dict[str, float] = {}
+    out: dict[str, Path] = {}
+    for name, settings in DECODINGS.items():
+        path = work / "teacher" / f"train-{name}.jsonl"
+        if not path.is_file():
+            start = time.perf_counter()
+            capped = settings.model_copy(update={"max_new_tokens": args.max_new_tokens})
+            run_generate(
+                train_file, path, task, capped,
+                model=args.teacher, engine=args.engine, limit=args.train_items, parquet=False,
+                progress=False,
+            )  # fmt: skip
+            seconds[f"train-{name}"] = round(time.perf_counter() - start, 1)
+        out[name] = path
+    dev = work / "teacher" / "dev-contrastive-wrong.jsonl"
+    if not dev.is_file():
+        start = time.perf_counter()
+        capped = DECODINGS["contrastive-wrong"].model_copy(
+            update={"max_new_tokens": args.max_new_tokens}
+        )
+        run_generate(
+            dev_file, dev, task, capped,
+            model=args.teacher, engine=args.engine, limit=args.dev_items, parquet=False,
+            progress=False,
+        )  # fmt: skip
+        seconds["dev"] = round(time.perf_counter() - start, 1)
+    return out, dev, seconds
+
+
+def _las(simulator: TrainedSimulator | None, seed: int) -> Any:
+    if simulator is None:
+        return None
+    return lambda recs: evaluate_las(recs, simulator, seed=seed)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--task", choices=["creak", "strategyqa"], default="creak")
+    p.add_argument("--data-dir", type=Path, default=DATA, help="the research splits' folder")
+    p.add_argument("--train-items", type=int, default=400)
+    p.add_argument("--dev-items", type=int, default=200)
+    p.add_argument("--teacher", default="smollm2-135m")
+    p.add_argument("--student", default="smollm2-135m")
+    p.add_argument("--engine", default="auto")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=3e-5)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--no-las", action="store_true")
+    p.add_argument("--work", type=Path, default=Path("runs/student-bench"))
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+
+    label = {"creak": "CREAK", "strategyqa": "StrategyQA"}[args.task]
+    task = TaskName(args.task)
+    dev_files, train_files = task_files(args.data_dir)
+    train_file, dev_file = train_files[label], dev_files[label][1]
+    for f in (train_file, dev_file):
+        if not f.is_file():
+            raise SystemExit(f"{f}: research data missing (pass --data-dir)")
+    work = args.work / args.task
+    provenance = git_sha()
+    started = time.perf_counter()
+    teacher, dev_path, teacher_seconds = teacher_datasets(args, task, train_file, dev_file, work)
+    eval_records = load_records(dev_path)
+    simulator = None if args.no_las else TrainedSimulator("smollm2-135m")  # the validated reader
+    runs: list[dict[str, Any]] = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        evals = {}
+        for name, objective, source in STUDENTS:
+            folder = work / f"seed{seed}" / name
+            config = TrainConfig(
+                model=args.student, objective=objective, seed=seed, epochs=args.epochs,  # type: ignore[arg-type]
+                batch_size=args.batch_size, learning_rate=args.learning_rate,
+            )  # fmt: skip
+            report = train(teacher[source], folder, config)
+            result = evaluate(
+                HFStudent(folder / "model"), eval_records, name=name, seed=seed,
+                reps=args.bootstrap, las=_las(simulator, seed),
+            )  # fmt: skip
+            evals[name] = result
+            runs.append(
+                {"seed": seed, "student": name, "objective": objective, "teacher_data": source,
+                 "train": report.model_dump(mode="json"),
+                 "eval": result.model_dump(mode="json", exclude={"results"})}
+            )  # fmt: skip
+            print(f"seed {seed} {name}: " + ", ".join(
+                f"{k} {v.value:.3f}" for k, v in result.metrics.items()), flush=True)  # fmt: skip
+        for name in evals:
+            if name != BASELINE:
+                c = compare(evals[name], evals[BASELINE], reps=args.bootstrap, seed=seed)
+                runs.append({"seed": seed, "comparison": c.model_dump(mode="json")})
+    payload = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "provenance": provenance,
+        "teacher_seconds": teacher_seconds,
+        "eval_items": len({r.item_id for r in eval_records}),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -128,23 +128,25 @@ def _bootstrap(values: np.ndarray, reps: int, seed: int) -> Estimate:
     )
 
 
+def item_value(r: ItemResult, metric: str) -> float:
+    """One item's value of `metric`: 0/1 (drop: -1/0/1), nan where it does not apply."""
+    if metric == "accuracy":
+        return float(r.correct)
+    if metric == "drop":
+        if r.own is None or r.perturbed is None:
+            return math.nan
+        return float(r.own) - float(r.perturbed)
+    v = getattr(r, metric)
+    return math.nan if v is None else float(v)
+
+
 def metric_vectors(results: Sequence[ItemResult]) -> dict[str, np.ndarray]:
-    """Per-item 0/1 (drop: -1/0/1) values of each metric, over the items it applies to."""
-    scored = [r for r in results if r.own is not None and r.perturbed is not None]
-
-    def of(field: str) -> np.ndarray:
-        return np.array(
-            [getattr(r, field) for r in results if getattr(r, field) is not None], float
-        )
-
-    return {
-        "accuracy": np.array([r.correct for r in results], float),
-        "own": of("own"),
-        "oracle": of("oracle"),
-        "perturbed": of("perturbed"),
-        "drop": np.array([float(r.own) - float(r.perturbed) for r in scored]),  # type: ignore[arg-type]
-        "following": of("following"),
-    }
+    """Per-item values of each metric, over the items it applies to."""
+    out = {}
+    for m in METRICS:
+        values = np.array([item_value(r, m) for r in results], float)
+        out[m] = values[np.isfinite(values)]
+    return out
 
 
 def evaluate(
@@ -252,17 +254,16 @@ def compare(a: StudentEval, b: StudentEval, *, reps: int = 1000, seed: int = 0) 
     by_id = {r.item_id: r for r in b.results}
     pairs = [(r, by_id[r.item_id]) for r in a.results if r.item_id in by_id]
     rng = np.random.default_rng(seed)
-    n = len(pairs)
-    idx = rng.integers(0, n, size=(reps, n)) if n else np.empty((0, 0), dtype=int)
     out: dict[str, Estimate] = {}
     for metric in METRICS:
-        va, vb = _paired(pairs, metric)
+        va = np.array([item_value(p[0], metric) for p in pairs], float)
+        vb = np.array([item_value(p[1], metric) for p in pairs], float)
+        keep = np.isfinite(va) & np.isfinite(vb)
+        va, vb = va[keep], vb[keep]
         if va.size == 0:
             out[metric] = Estimate(value=math.nan, low=math.nan, high=math.nan)
             continue
-        keep = np.isfinite(va) & np.isfinite(vb)
-        va, vb = va[keep], vb[keep]
-        sub = rng.integers(0, va.size, size=(reps, va.size)) if va.size else idx
+        sub = rng.integers(0, va.size, size=(reps, va.size))
         samples = va[sub].mean(axis=1) - vb[sub].mean(axis=1)
         low, high = np.percentile(samples, [2.5, 97.5])
         out[metric] = Estimate(
@@ -270,23 +271,7 @@ def compare(a: StudentEval, b: StudentEval, *, reps: int = 1000, seed: int = 0) 
             low=round(float(low), 4),
             high=round(float(high), 4),
         )
-    return Comparison(a=a.student, b=b.student, items=n, differences=out)
-
-
-def _paired(
-    pairs: Sequence[tuple[ItemResult, ItemResult]], metric: str
-) -> tuple[np.ndarray, np.ndarray]:
-    def value(r: ItemResult) -> float:
-        if metric == "accuracy":
-            return float(r.correct)
-        if metric == "drop":
-            if r.own is None or r.perturbed is None:
-                return math.nan
-            return float(r.own) - float(r.perturbed)
-        v = getattr(r, metric)
-        return math.nan if v is None else float(v)
-
-    return np.array([value(p[0]) for p in pairs]), np.array([value(p[1]) for p in pairs])
+    return Comparison(a=a.student, b=b.student, items=len(pairs), differences=out)
 
 
 __all__ = [

@@ -22,7 +22,9 @@ on 2 cores (the teacher's generation and five trainings per seed).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,9 +38,10 @@ from contrail.client.types import DecodingMode, DecodingSettings, Perturbation, 
 from contrail.distill.export import load_records
 from contrail.distill.las import evaluate_las
 from contrail.distill.simulators import TrainedSimulator
-from contrail.distill.student.evaluate import compare, evaluate
+from contrail.distill.student.evaluate import StudentEval, compare, evaluate
 from contrail.distill.student.hf import HFStudent
-from contrail.distill.student.train import TrainConfig, train
+from contrail.distill.student.train import TrainConfig, TrainReport, train
+from contrail.worker.engine.factory import create_engine
 from contrail.worker.offline import run_generate
 
 DECODINGS: dict[str, DecodingSettings] = {
@@ -60,33 +63,63 @@ BASELINE = "factual-wrong"
 def teacher_datasets(
     args: argparse.Namespace, task: TaskName, train_file: Path, dev_file: Path, work: Path
 ) -> tuple[dict[str, Path], Path, dict[str, float]]:
+    """Decode the teacher's datasets with one engine (a vLLM start costs minutes on CPU). A file
+    is named by its size and token cap, so a rerun with other sizes does not reuse it."""
     seconds: dict[str, float] = {}
-    out: dict[str, Path] = {}
-    for name, settings in DECODINGS.items():
-        path = work / "teacher" / f"train-{name}.jsonl"
-        if not path.is_file():
+    tag = f"{args.max_new_tokens}tok"
+    teacher = work / "teacher"
+    wanted = {
+        f"train-{name}": (train_file, settings, args.train_items,
+                          teacher / f"train-{name}-{args.train_items}-{tag}.jsonl")
+        for name, settings in DECODINGS.items()
+    }  # fmt: skip
+    wanted["dev"] = (dev_file, DECODINGS["contrastive-wrong"], args.dev_items,
+                     teacher / f"dev-contrastive-wrong-{args.dev_items}-{tag}.jsonl")  # fmt: skip
+    missing = {k: v for k, v in wanted.items() if not v[3].is_file()}
+    if missing:
+        engine = create_engine(args.engine, args.teacher)
+        for key, (source, settings, limit, path) in missing.items():
             start = time.perf_counter()
+            partial = path.with_suffix(".partial.jsonl")
             capped = settings.model_copy(update={"max_new_tokens": args.max_new_tokens})
             run_generate(
-                train_file, path, task, capped,
-                model=args.teacher, engine=args.engine, limit=args.train_items, parquet=False,
-                progress=False,
+                source, partial, task, capped,
+                engine=engine, limit=limit, parquet=False, progress=False,
             )  # fmt: skip
-            seconds[f"train-{name}"] = round(time.perf_counter() - start, 1)
-        out[name] = path
-    dev = work / "teacher" / "dev-contrastive-wrong.jsonl"
-    if not dev.is_file():
-        start = time.perf_counter()
-        capped = DECODINGS["contrastive-wrong"].model_copy(
-            update={"max_new_tokens": args.max_new_tokens}
-        )
-        run_generate(
-            dev_file, dev, task, capped,
-            model=args.teacher, engine=args.engine, limit=args.dev_items, parquet=False,
-            progress=False,
-        )  # fmt: skip
-        seconds["dev"] = round(time.perf_counter() - start, 1)
-    return out, dev, seconds
+            partial.replace(path)  # only a finished file counts as cached
+            seconds[key] = round(time.perf_counter() - start, 1)
+            print(f"teacher {key}: {seconds[key]} s", flush=True)
+        del engine
+        gc.collect()
+    out = {name: wanted[f"train-{name}"][3] for name in DECODINGS}
+    return out, wanted["dev"][3], seconds
+
+
+def student_run(
+    args: argparse.Namespace,
+    folder: Path,
+    config: TrainConfig,
+    data: Path,
+    eval_records: list[Any],
+    simulator: TrainedSimulator | None,
+    name: str,
+) -> tuple[TrainReport, StudentEval, float]:
+    """Train and evaluate one student, or read both back when a previous run finished them."""
+    done = folder / "eval.json"
+    if done.is_file() and (folder / "report.json").is_file():
+        report = TrainReport.model_validate_json((folder / "report.json").read_text())
+        cached = json.loads(done.read_text())
+        return report, StudentEval.model_validate(cached["eval"]), cached["seconds"]
+    report = train(data, folder, config)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # 1.6 GB each; the model stays
+    start = time.perf_counter()
+    result = evaluate(
+        HFStudent(folder / "model"), eval_records, name=name, seed=config.seed,
+        reps=args.bootstrap, las=_las(simulator, config.seed),
+    )  # fmt: skip
+    seconds = round(time.perf_counter() - start, 1)
+    done.write_text(json.dumps({"eval": result.model_dump(mode="json"), "seconds": seconds}))
+    return report, result, seconds
 
 
 def _las(simulator: TrainedSimulator | None, seed: int) -> Any:
@@ -137,15 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.student, objective=objective, seed=seed, epochs=args.epochs,  # type: ignore[arg-type]
                 batch_size=args.batch_size, learning_rate=args.learning_rate,
             )  # fmt: skip
-            report = train(teacher[source], folder, config)
-            result = evaluate(
-                HFStudent(folder / "model"), eval_records, name=name, seed=seed,
-                reps=args.bootstrap, las=_las(simulator, seed),
-            )  # fmt: skip
+            report, result, eval_seconds = student_run(
+                args, folder, config, teacher[source], eval_records, simulator, name
+            )
             evals[name] = result
             runs.append(
                 {"seed": seed, "student": name, "objective": objective, "teacher_data": source,
-                 "train": report.model_dump(mode="json"),
+                 "train": report.model_dump(mode="json"), "eval_seconds": eval_seconds,
                  "eval": result.model_dump(mode="json", exclude={"results"})}
             )  # fmt: skip
             print(f"seed {seed} {name}: " + ", ".join(

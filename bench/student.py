@@ -22,8 +22,8 @@ on 2 cores (the teacher's generation and five trainings per seed).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
+import os
 import shutil
 import sys
 import time
@@ -62,10 +62,11 @@ BASELINE = "factual-wrong"
 
 def teacher_datasets(
     args: argparse.Namespace, task: TaskName, train_file: Path, dev_file: Path, work: Path
-) -> tuple[dict[str, Path], Path, dict[str, float]]:
+) -> tuple[dict[str, Path], Path, dict[str, float | None]]:
     """Decode the teacher's datasets with one engine (a vLLM start costs minutes on CPU). A file
     is named by its size and token cap, so a rerun with other sizes does not reuse it."""
     seconds: dict[str, float] = {}
+    timings = work / "teacher" / "seconds.json"
     tag = f"{args.max_new_tokens}tok"
     teacher = work / "teacher"
     wanted = {
@@ -87,12 +88,21 @@ def teacher_datasets(
                 engine=engine, limit=limit, parquet=False, progress=False,
             )  # fmt: skip
             partial.replace(path)  # only a finished file counts as cached
-            seconds[key] = round(time.perf_counter() - start, 1)
-            print(f"teacher {key}: {seconds[key]} s", flush=True)
-        del engine
-        gc.collect()
+            seconds[path.name] = round(time.perf_counter() - start, 1)
+            print(f"teacher {key}: {seconds[path.name]} s", flush=True)
+            timings.write_text(json.dumps(_timings(timings) | seconds, indent=2) + "\n")
+        # vLLM's CPU backend binds its threads and cuts torch to one thread in this process;
+        # the students train in a fresh one, which finds every teacher file done.
+        print("teacher datasets done; restarting for the students", flush=True)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
     out = {name: wanted[f"train-{name}"][3] for name in DECODINGS}
-    return out, wanted["dev"][3], seconds
+    known = _timings(timings)
+    used = {p.name: known.get(p.name) for p in [*out.values(), wanted["dev"][3]]}
+    return out, wanted["dev"][3], used
+
+
+def _timings(path: Path) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def student_run(
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "provenance": provenance,
         "teacher_seconds": teacher_seconds,
         "eval_items": len({r.item_id for r in eval_records}),
-        "total_seconds": round(time.perf_counter() - started, 1),
+        "students_seconds": round(time.perf_counter() - started, 1),  # after the teacher
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

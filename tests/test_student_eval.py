@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from contrail.client.types import RationaleRecord, Tag, TaskName
-from contrail.distill.student.evaluate import compare, evaluate, parse_generation
+from contrail.distill.student.evaluate import compare, evaluate, forced_prefix, parse_generation
 from tests.test_evaluation import make_record
 
 N = 40
@@ -104,6 +104,20 @@ def test_the_paired_comparison_is_on_shared_items() -> None:
 def test_generations_are_parsed() -> None:
     assert parse_generation("[factual] A b. So the answer is yes.\nmore") == ("A b.", "yes")
     assert parse_generation("no answer here") == ("no answer here", "")
+
+
+def test_forced_prefixes_match_the_training_targets() -> None:
+    """The forced prefix is what each student was trained on up to its answer (an `answer`
+    student's has no rationale and no doubled space)."""
+    from contrail.distill.student.examples import texts
+
+    record = make_record("c1", "It is so.")
+    for objective, rationale in (("answer", ""), ("factual", "It is so.")):
+        pair = texts(record, objective)
+        assert pair is not None
+        prompt, completion = pair
+        assert (prompt + completion).startswith(forced_prefix(prompt, rationale)), objective
+        assert completion.endswith(" yes")
 
 
 def test_the_model_backed_student_runs_every_metric(tiny_model_path: Path) -> None:

@@ -114,7 +114,9 @@ def parse_generation(text: str) -> tuple[str, str]:
 
 
 def forced_prefix(prompt: str, rationale: str) -> str:
-    return f"{prompt}[factual] {rationale} {ANSWER_PREFIX}"
+    """The target's prefix up to the answer. An empty rationale (the `answer` student's) gives
+    exactly the prefix that student was trained on, not one with a doubled space."""
+    return prompt + " ".join(part for part in ("[factual]", rationale, ANSWER_PREFIX) if part)
 
 
 def _bootstrap(values: np.ndarray, reps: int, seed: int) -> Estimate:

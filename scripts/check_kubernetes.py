@@ -16,12 +16,15 @@
    - workers: the startup probe is the image's HEALTHCHECK; the liveness probe runs it and fails
      only on `contrail.worker.health.NO_WORKER`; terminationGracePeriodSeconds exceeds the
      worker's CONTRAIL_SHUTDOWN_GRACE_S (WorkerSettings) by at least GRACE_MARGIN_S;
+   - finalizers: a worker image whose only override is `args: FINALIZER_ARGS`; probes run
+     `contrail serve finalizer --check` the same way; the same grace rule; no GPU;
    - environment: every CONTRAIL_* variable a container gets is one its process reads (a field
      of ApiSettings / WorkerSettings, or read from os.environ in its code), and its value parses
      as that setting; $(VAR) references are defined before use; referenced ConfigMaps exist; the
      API and the workers use the same Redis and object storage; no Secret ships in the manifests;
    - autoscaling: each worker Deployment has one ScaledObject whose redis-streams trigger reads
-     `contrail.core.jobs.keys.stream(<the pool's model>)` by stream length (no consumer group:
+     `contrail.core.jobs.keys.stream(<the pool's model>)` (a finalizer Deployment:
+     `keys.FINALIZE_STREAM`) by stream length (no consumer group:
      see the base's worker file), targets at least one wave (CONTRAIL_BATCH_SHARDS) per worker,
      reaches the Redis address, database, TLS and password the workers use, and, when it scales
      to zero, names a model the API declares (CONTRAIL_DECLARED_MODELS).
@@ -59,6 +62,8 @@ SCHEMAS = Path(__file__).resolve().parent / "k8s_schemas"
 # The oldest Kubernetes minor the manifests are validated for, and the newest kubernetes-validate
 # bundles.
 OLDEST_KUBERNETES = "1.30"
+# How a finalizer runs from a worker image (the image's CMD runs a decode worker).
+FINALIZER_ARGS = ["contrail", "serve", "finalizer"]
 # A worker's pod must outlive its shutdown grace by this much: giving the shards back, leaving
 # the worker registry and closing the engine happen after the grace period.
 GRACE_MARGIN_S = 10
@@ -154,6 +159,7 @@ class Code:
     healthz: str
     no_worker: int
     group: str
+    finalize_stream: str
     settings: dict[str, type[Any]]  # role -> settings class
     env_read: dict[str, set[str]]  # role -> CONTRAIL_* names read from os.environ
 
@@ -189,10 +195,12 @@ def load_code(dockerfile: Path) -> Code:
         healthz=routes["healthz"],
         no_worker=worker_health.NO_WORKER,
         group=keys.GROUP,
-        settings={"api": ApiSettings, "worker": WorkerSettings},
+        finalize_stream=keys.FINALIZE_STREAM,
+        settings={"api": ApiSettings, "worker": WorkerSettings, "finalizer": WorkerSettings},
         env_read={
             "api": _env_reads(core, REPO / "service" / "contrail" / "service"),
             "worker": _env_reads(core, REPO / "worker" / "contrail" / "worker"),
+            "finalizer": _env_reads(core, REPO / "worker" / "contrail" / "worker"),
         },
     )
 
@@ -205,7 +213,7 @@ def settings_names(cls: type[Any]) -> set[str]:
 def settings_of(pod: Pod, code: Code) -> Any | None:
     """The pod's settings, or None when they do not parse (check_pod reports that)."""
     try:
-        return parse_settings(code.settings[pod.stage.role or ""], pod.plain_env())
+        return parse_settings(code.settings[pod.role], pod.plain_env())
     except ValueError:  # pydantic's ValidationError
         return None
 
@@ -337,6 +345,13 @@ class Pod:
     def spec(self) -> dict[str, Any]:
         return dict(self.workload["spec"]["template"]["spec"])
 
+    @property
+    def role(self) -> str:
+        """ "api", "worker", or "finalizer" (a worker image run with FINALIZER_ARGS)."""
+        if self.stage.role == "worker" and self.container.get("args") == FINALIZER_ARGS:
+            return "finalizer"
+        return self.stage.role or ""
+
     def value(self, name: str) -> str | None:
         var = self.env.get(name)
         return var.value if var else None
@@ -451,7 +466,8 @@ def contrail_pods(
 def check_pod(pod: Pod, code: Code, where: str, problems: Problems) -> None:
     name = f"{where} {pod.name}"
     c, spec, stage = pod.container, pod.spec, pod.stage
-    if "command" in c or "args" in c:
+    finalizer = stage.role == "worker" and c.get("args") == FINALIZER_ARGS and "command" not in c
+    if ("command" in c or "args" in c) and not finalizer:
         problems.add(
             name, "overrides the image's command: the checks tie ports and probes to its CMD"
         )
@@ -471,13 +487,13 @@ def check_pod(pod: Pod, code: Code, where: str, problems: Problems) -> None:
             problems.add(name, f"no {res} request")
     check_env_names(pod, code, name, problems)
     try:
-        parse_settings(code.settings[stage.role or ""], pod.plain_env())
+        parse_settings(code.settings[pod.role], pod.plain_env())
     except ValueError as exc:  # pydantic's ValidationError: the message names the field
         problems.add(name, f"settings do not parse: {exc}".replace("\n", " "))
 
 
 def check_env_names(pod: Pod, code: Code, where: str, problems: Problems) -> None:
-    role = pod.stage.role or ""
+    role = pod.role
     known = settings_names(code.settings[role]) | code.env_read[role]
     for var in pod.env:
         if var.startswith(PREFIX) and var not in known:
@@ -540,9 +556,10 @@ def check_api(
 
 
 def check_worker(pod: Pod, code: Code, where: str, problems: Problems) -> None:
+    """A decode worker or a finalizer (the same image, loop and health check)."""
     name = f"{where} {pod.name}"
     c, stage = pod.container, pod.stage
-    hc = stage.healthcheck
+    hc = [*FINALIZER_ARGS, "--check"] if pod.role == "finalizer" else stage.healthcheck
     startup = c.get("startupProbe", {}).get("exec", {}).get("command")
     if startup != hc:
         problems.add(name, f"startupProbe runs {startup}; the image's healthcheck is {hc}")
@@ -563,6 +580,10 @@ def check_worker(pod: Pod, code: Code, where: str, problems: Problems) -> None:
         )
     limits = c.get("resources", {}).get("limits", {})
     gpus = int(limits.get("nvidia.com/gpu", 0))
+    if pod.role == "finalizer":
+        if gpus:
+            problems.add(name, f"a finalizer decodes nothing but requests {gpus} GPU(s)")
+        return
     if stage.gpu and gpus < 1:
         problems.add(
             name, f"image stage {stage.name} is the CUDA build but requests no nvidia.com/gpu"
@@ -597,8 +618,8 @@ def redis_target(url: str, env: Mapping[str, EnvVar]) -> RedisTarget:
 def check_scaling(
     pods: list[Pod], objs: list[dict[str, Any]], code: Code, where: str, problems: Problems
 ) -> None:
-    workers = {p.workload["metadata"]["name"]: p for p in pods if p.stage.role == "worker"}
-    apis = [p for p in pods if p.stage.role == "api"]
+    workers = {p.workload["metadata"]["name"]: p for p in pods if p.role in ("worker", "finalizer")}
+    apis = [p for p in pods if p.role == "api"]
     auths = named(objs, "TriggerAuthentication")
     scaled: dict[str, int] = {}
     for so in by_kind(objs, "ScaledObject"):
@@ -617,7 +638,7 @@ def check_scaling(
         if settings is None:
             continue
         check_trigger(triggers[0], pod, settings, auths, code, name, problems)
-        if so["spec"].get("minReplicaCount", 0) == 0:
+        if so["spec"].get("minReplicaCount", 0) == 0 and pod.role == "worker":
             for api in apis:
                 api_settings = settings_of(api, code)
                 declared: frozenset[str] = getattr(api_settings, "declared", frozenset())
@@ -648,13 +669,11 @@ def check_trigger(
     problems: Problems,
 ) -> None:
     meta: dict[str, str] = trigger["metadata"]
-    want = code.stream(settings.model)
+    finalizer = pod.role == "finalizer"
+    want = code.finalize_stream if finalizer else code.stream(settings.model)
     if meta.get("stream") != want:
-        problems.add(
-            where,
-            f"stream {meta.get('stream')!r}; the pool's model {settings.model!r} is queued "
-            f"on {want!r}",
-        )
+        queued = "finalizations are" if finalizer else f"the pool's model {settings.model!r} is"
+        problems.add(where, f"stream {meta.get('stream')!r}; {queued} queued on {want!r}")
     if "consumerGroup" in meta:
         problems.add(
             where,
@@ -663,7 +682,10 @@ def check_trigger(
             "live work (the stream's length)",
         )
     target = meta.get("streamLength", "")
-    if not target.isdigit() or int(target) < settings.batch_shards:
+    if finalizer:
+        if not target.isdigit() or int(target) < 1:
+            problems.add(where, f"streamLength {target!r} is not a positive count")
+    elif not target.isdigit() or int(target) < settings.batch_shards:
         problems.add(
             where,
             f"streamLength {target!r} is below one wave (CONTRAIL_BATCH_SHARDS "
@@ -741,13 +763,12 @@ def check_overlay(
                 "ships secret values (create Secrets outside the manifests)",
             )
     pods = contrail_pods(objs, code, where, problems)
-    if not any(p.stage.role == "api" for p in pods) or not any(
-        p.stage.role == "worker" for p in pods
-    ):
-        problems.add(where, "needs the API and at least one worker pool")
+    roles = {p.role for p in pods}
+    if not {"api", "worker", "finalizer"} <= roles:
+        problems.add(where, "needs the API, at least one worker pool and a finalizer")
     for pod in pods:
         check_pod(pod, code, where, problems)
-        if pod.stage.role == "api":
+        if pod.role == "api":
             check_api(pod, objs, code, where, problems)
         else:
             check_worker(pod, code, where, problems)

@@ -357,9 +357,13 @@ class WorkerProc:
         burst: bool = False,
         prefix: Sequence[str] = (),
         module: str = "contrail.worker",
+        args: Sequence[str] = (),
+        name: str = "worker",
     ) -> None:
         self.env = dict(env)
         self.burst = burst
+        self.args = list(args)  # ["--finalizer"] for a finalizer
+        self.name = name
         self.log_dir = log_dir
         self.prefix = list(prefix)  # e.g. a namespace wrapper that execs the worker
         self.module = module  # tests.poison_worker: the worker with a fault hook
@@ -367,11 +371,11 @@ class WorkerProc:
         self.log_path: Path | None = None
 
     def start(self) -> WorkerProc:
-        args = [*self.prefix, PY, "-m", self.module]
+        args = [*self.prefix, PY, "-m", self.module, *self.args]
         if self.burst:
             args.append("--burst")
-        n = len(list(self.log_dir.glob("worker-*.log")))
-        self.log_path = self.log_dir / f"worker-{n}.log"
+        n = len(list(self.log_dir.glob(f"{self.name}-*.log")))
+        self.log_path = self.log_dir / f"{self.name}-{n}.log"
         self.proc = spawn(
             args,
             env=_child_env(self.env),

@@ -26,12 +26,21 @@ MODEL = "tiny"
 
 
 class Stack:
-    """One deployment for one test: fresh Valkey, an S3 prefix, an API server, workers."""
+    """One deployment for one test: fresh Valkey, an S3 prefix, an API server, a finalizer
+    (started with the API unless `finalizer=False`), decode workers."""
 
     def __init__(
-        self, tmp: Path, s3: SeaweedS3, valkey: Valkey, model_cache: Path, **env: str
+        self,
+        tmp: Path,
+        s3: SeaweedS3,
+        valkey: Valkey,
+        model_cache: Path,
+        *,
+        finalizer: bool = True,
+        **env: str,
     ) -> None:
         self.tmp = tmp
+        self.auto_finalizer = finalizer
         self.s3 = s3
         self.valkey = valkey
         self.prefix = f"t-{uuid.uuid4().hex[:12]}"
@@ -60,11 +69,23 @@ class Stack:
         self.env.update(env)
         self.api: ApiServer | None = None
         self.workers: list[WorkerProc] = []
+        self.finalizers: list[WorkerProc] = []
 
     # ---- processes
     def start_api(self) -> ApiServer:
         self.api = ApiServer(self.env, self.tmp).start()
+        if self.auto_finalizer and not self.finalizers:
+            self.finalizer()
         return self.api
+
+    def finalizer(self, *, prefix: Sequence[str] = (), **env: str) -> WorkerProc:
+        """A finalizer process (`python -m contrail.worker --finalizer`): jobs only reach a
+        terminal status through one."""
+        f = WorkerProc(
+            {**self.env, **env}, self.tmp, prefix=prefix, args=["--finalizer"], name="finalizer"
+        ).start()
+        self.finalizers.append(f)
+        return f
 
     def worker(
         self,
@@ -89,7 +110,7 @@ class Stack:
         return w
 
     def stop(self) -> None:
-        for w in self.workers:
+        for w in [*self.workers, *self.finalizers]:
             w.stop(timeout=15)
         if self.api is not None:
             self.api.stop()
@@ -124,7 +145,7 @@ class Stack:
                 if job.get("status") in statuses:
                     return job
                 time.sleep(0.25)
-        logs = "\n".join(w.log()[-3000:] for w in self.workers)
+        logs = "\n".join(w.log()[-3000:] for w in [*self.workers, *self.finalizers])
         raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s\n{logs}")
 
     def worker_settings(self, **overrides: Any) -> Any:
@@ -216,11 +237,18 @@ def make_stack(tmp_path: Path, s3_server: SeaweedS3, service_model_cache: Path) 
     valkeys: list[Valkey] = []
 
     def make(
-        *, aof: bool = False, start_api: bool = True, s3: SeaweedS3 | None = None, **env: str
+        *,
+        aof: bool = False,
+        start_api: bool = True,
+        s3: SeaweedS3 | None = None,
+        finalizer: bool = True,
+        **env: str,
     ) -> Stack:
         vk = Valkey(tmp_path / f"valkey{len(valkeys)}", aof=aof).start()
         valkeys.append(vk)
-        stack = Stack(tmp_path, s3 or s3_server, vk, service_model_cache, **env)
+        stack = Stack(
+            tmp_path, s3 or s3_server, vk, service_model_cache, finalizer=finalizer, **env
+        )
         stacks.append(stack)
         if start_api:
             stack.start_api()

@@ -64,6 +64,7 @@ SUBCOMMANDS = [
     ["serve"],
     ["serve", "api"],
     ["serve", "worker"],
+    ["serve", "finalizer"],
     ["submit"],
     ["status"],
     ["wait"],
@@ -195,16 +196,24 @@ def test_cancel_and_wait_exit_codes(make_stack: Any, tmp_path: Path) -> None:
         run("wait", job_id, "--wait-timeout", "1", "--poll-interval", "0.2", env=env), 4
     )
     assert job_id in ok(run("cancel", job_id, env=env)).stdout
-    stack.worker()  # a worker resolves the cancellation (cancelling -> cancelled)
+    stack.worker()  # the stack's finalizer resolves the cancellation (cancelling -> cancelled)
     out = failed(run("wait", job_id, "--no-progress", "--wait-timeout", "60", env=env), 3)
     assert "cancelled" in out
 
 
-def test_serve_worker_check(stack: Stack) -> None:
-    stack.worker()
+def test_serve_worker_check(make_stack: Any) -> None:
+    stack: Stack = make_stack(finalizer=False)
     env = {**os.environ, **stack.env}
+    stack.worker()
     assert run("serve", "worker", "--check", env=env).returncode == 0
     assert run("serve", "worker", "--check", "--model", "other", env=env).returncode == 1
+    # a finalizer's check needs a live finalizer of this host, which a decode worker is not
+    assert run("serve", "finalizer", "--check", env=env).returncode == 1
+    stack.finalizer()
+    deadline = time.monotonic() + 60
+    while run("serve", "finalizer", "--check", env=env).returncode != 0:
+        assert time.monotonic() < deadline, "the finalizer never announced itself"
+        time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------------ up
@@ -271,6 +280,7 @@ def test_up_runs_the_stack_and_stops_cleanly(
         assert pq.read_table(tmp_path / "up.parquet").num_rows == 4
         assert any((state / "storage").rglob("*.parquet"))
         assert (state / "redis" / "appendonlydir").is_dir()
+        assert set(info["pids"]) == {"valkey", "api", "finalizer", "worker"}
         assert all(_alive(p) for p in [info["pid"], *info["pids"].values()])
         if stop_signal is signal.SIGINT:
             info = _worker_killed_and_restarted(state, info, env, src, proc)

@@ -332,6 +332,41 @@ def test_content_words_and_restates() -> None:
     assert agg.records == 3 and agg.restate_rate == pytest.approx(2 / 3, abs=1e-3)
 
 
+def test_running_totals_equal_the_summary_of_the_list() -> None:
+    """The finalizer's bounded-memory totals give exactly the list summary (median from the
+    word-count histogram, odd and even counts, and rates over the checked records only)."""
+    import random
+
+    from contrail.core.signals import RecordSignals, SignalTotals
+
+    rng = random.Random(7)
+    signals = [
+        RecordSignals(
+            item_id=f"i{i}",
+            tag=rng.choice(["factual", "counterfactual"]),
+            words=rng.randint(0, 40),
+            tokens=rng.randint(1, 60),
+            content_words=rng.randint(0, 10),
+            overlap=round(rng.random(), 4),
+            restates=rng.random() < 0.3,
+            names_other_choice=rng.choice([None, True, False]),
+        )
+        for i in range(301)
+    ]
+    for n in (0, 1, 2, 300, 301):
+        totals = SignalTotals()
+        for sig in signals[:n]:
+            totals.add(sig)
+        words = sorted(sig.words for sig in signals[:n])
+        summary = totals.summary()
+        assert summary == summarize_signals(signals[:n])
+        if n:
+            mid = n // 2
+            want = words[mid] if n % 2 else (words[mid - 1] + words[mid]) / 2
+            assert summary.median_words == want
+            assert summary.mean_overlap == round(sum(s.overlap for s in signals[:n]) / n, 4)
+
+
 def test_names_other_choice() -> None:
     def rec(rationale: str, answer: str = "yes", **kw: object) -> RationaleRecord:
         return make_record("x", rationale, answer=answer, **kw)  # type: ignore[arg-type]

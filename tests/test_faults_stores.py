@@ -133,17 +133,19 @@ def test_full_scratch_disk_in_finalize_fails_the_job_cleanly(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     stack: Stack = make_stack(
+        finalizer=False,
         CONTRAIL_SCRATCH_DIR=str(scratch),
         CONTRAIL_MAX_DELIVERIES="2",
         CONTRAIL_CLAIM_IDLE_MS="1000",
     )
     n = 64
     decoding = {"max_new_tokens": 48, "counterfactual_fraction": 0.5}
-    w = stack.worker(prefix=_scratch_on_tiny_tmpfs(scratch))
+    stack.worker()
+    w = stack.finalizer(prefix=_scratch_on_tiny_tmpfs(scratch))  # the scratch is the merge's
     job_id = create_job(stack, n, decoding)
     final = stack.wait_status(job_id, ("completed", "failed"), timeout=300)
     assert final["status"] == "failed", final
-    # the tenant reads a fixed message; the cause is in the worker's log only
+    # the tenant reads a fixed message; the cause is in the finalizer's log only
     assert final["error"] == FINALIZE_FAILED.format(n=2, job_id=job_id), final["error"]
     assert "No space left on device" in w.log()
     # every rationale was decoded and counted before finalization failed, and stays stored

@@ -45,13 +45,22 @@ def test_quality_setting_is_validated(stack: Stack) -> None:
             assert "quality" in r.text
 
 
-def test_manifest_las_opt_in(stack: Stack, tiny_engine: Engine, tiny_model_path: Path) -> None:
+def _decode_then_finalize(settings: Any, engine: Engine, worker_id: str) -> Worker:
+    """A burst decode worker, then a burst finalizer with the same settings (its LAS reader);
+    returns the finalizer."""
+    Worker(settings, engine=engine, burst=True, worker_id=worker_id).run()
+    finalizer = Worker(settings, burst=True, worker_id=f"{worker_id}-f", role="finalizer")
+    finalizer.run()
+    return finalizer
+
+
+def test_manifest_las_opt_in(make_stack: Any, tiny_engine: Engine, tiny_model_path: Path) -> None:
+    stack: Stack = make_stack(finalizer=False)  # finalized below, with the tiny LAS reader
     announce_worker(stack)
     with_las = _create(stack, 24, quality={"las": True})
     without = _create(stack, 24)
     settings = stack.worker_settings(las_simulator=str(tiny_model_path), las_simulator_layer=2)
-    worker = Worker(settings, engine=tiny_engine, burst=True, worker_id=f"t-{time.monotonic_ns()}")
-    worker.run()
+    worker = _decode_then_finalize(settings, tiny_engine, f"t-{time.monotonic_ns()}")
     storage = stack.storage()
     with stack.client() as c:
         job = c.get(f"/v1/jobs/{with_las}").json()
@@ -100,18 +109,17 @@ def _engine(tiny_model_path: Path) -> Engine:
 
 
 def test_las_not_computed_leaves_a_note_and_the_job_completes(
-    stack: Stack, tiny_model_path: Path
+    make_stack: Any, tiny_model_path: Path
 ) -> None:
+    stack: Stack = make_stack(finalizer=False)  # finalized below, with each LAS reader
     announce_worker(stack)
     few = _create(stack, 6, quality={"las": True})  # too few items to cross-fit a head
     settings = stack.worker_settings(las_simulator=str(tiny_model_path), las_simulator_layer=2)
-    worker = Worker(settings, engine=_engine(tiny_model_path), burst=True, worker_id="t-few")
-    worker.run()
+    _decode_then_finalize(settings, _engine(tiny_model_path), "t-few")
     broken = _create(stack, 24, quality={"las": True})  # a reader that cannot load its model
     missing = tiny_model_path.parent / "no-such-simulator"
     settings = stack.worker_settings(las_simulator=str(missing), las_simulator_layer=2)
-    worker = Worker(settings, engine=_engine(tiny_model_path), burst=True, worker_id="t-broken")
-    worker.run()
+    _decode_then_finalize(settings, _engine(tiny_model_path), "t-broken")
 
     storage = stack.storage()
     notes = {}

@@ -133,9 +133,16 @@ def test_freeze_then_finish_once(r: redis.Redis) -> None:
     assert q.run(protocol.count_shard(record.id, "life", late, "", now)).outcome == "frozen"
     frozen = q.job(record.id)
     assert frozen is not None and frozen.finalize_as is JobStatus.CANCELLED
-    assert r.xlen(keys.stream("life")) == 3 + 1  # its shards and one finalize message
-    done = q.run(protocol.finish(frozen, JobStatus.CANCELLED, now, retention_s=60))
+    assert r.xlen(keys.stream("life")) == 3  # its shards; the finalize message goes elsewhere
+    finalizers = JobQueue.finalizers(r)
+    finalizers.ensure_group()
+    (final,) = [m for m in finalizers.read("f1", 100, None) if m.job_id == record.id]
+    assert final.kind == "finalize"
+    done = q.run(
+        protocol.finish(frozen, JobStatus.CANCELLED, now, retention_s=60, message_id=final.id)
+    )
     assert done.outcome == "finished"
+    assert not r.xrange(keys.FINALIZE_STREAM, final.id, final.id)  # acknowledged and deleted
     # a second finalization cannot move it again, to another end or the same
     assert q.run(protocol.finish(frozen, JobStatus.COMPLETED, now, 60)).outcome == "unchanged"
     assert r.hget(keys.job(record.id), "status") == "cancelled"
@@ -158,7 +165,7 @@ def test_release_keeps_the_delivery_count(r: redis.Redis) -> None:
     r.xadd(keys.stream("rel"), {"kind": "shard", "job_id": "j", "shard": "0"})
     (first,) = q.read("w1", 1, None)
     assert first.deliveries == 1
-    assert q.run(protocol.release("rel", [first.id])) == 1
+    assert q.run(protocol.release(keys.stream("rel"), [first.id])) == 1
     (second,) = q.read("w2", 1, None)
     assert second.id != first.id and second.deliveries == 1  # not spent by the release
     r.xclaim(keys.stream("rel"), keys.GROUP, "w3", 0, [second.id])  # a reclaim spends one

@@ -417,10 +417,14 @@ def worker_pool() -> tuple[dict[str, Any], dict[str, Any]]:
         o
         for o in objs
         if o["kind"] == "Deployment"
-        and "worker" in o["spec"]["template"]["spec"]["containers"][0]["image"]
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") == "worker"
     )
-    scaled = next(o for o in objs if o["kind"] == "ScaledObject")
-    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    scaled = next(
+        o
+        for o in objs
+        if o["kind"] == "ScaledObject"
+        and o["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    )
     return deployment["spec"]["template"]["spec"]["containers"][0], scaled
 
 
@@ -467,11 +471,37 @@ def test_worker_probes_as_the_manifests_run_them() -> None:
     assert probe(liveness, url, model) == 0
 
 
+def test_finalizer_probes_as_the_manifests_run_them() -> None:
+    """A finalizer pod is started (and kept alive) by a finalizer of its host, never by a decode
+    worker's heartbeat."""
+    deployment = next(
+        o
+        for o in rendered()
+        if o["kind"] == "Deployment"
+        and o["metadata"]["labels"].get("app.kubernetes.io/component") == "finalizer"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    startup = container["startupProbe"]["exec"]["command"]
+    liveness = container["livenessProbe"]["exec"]["command"]
+    with valkey() as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        assert probe(startup, server.url, "any") == health.NO_WORKER
+        JobQueue(client, "any").announce("w-decode", {}, ttl_s=60)  # a decode worker
+        assert probe(startup, server.url, "any") == health.NO_WORKER
+        JobQueue.finalizers(client).announce("f-probe", {"pid": os.getpid()}, ttl_s=60)
+        assert probe(startup, server.url, "any") == health.HEALTHY
+        assert probe(liveness, server.url, "any") == 0
+        JobQueue.finalizers(client).retire("f-probe")
+        assert probe(liveness, server.url, "any") != 0
+        client.close()
+
+
 def test_scaling_signal_follows_live_work(r: tuple[redis.Redis, str]) -> None:
     """What the ScaledObject reads (the length of its stream) is above zero from the moment a job
     is created, with no worker and no consumer group yet, counts shards in hand as well as waiting
-    ones (a pool is not scaled in under a wave), and is zero once the job's work, finalization
-    included, is done. The consumer group's lag, by contrast, is NULL in between."""
+    ones (a pool is not scaled in under a wave), and is zero once the job's shards are counted;
+    the finalize stream then holds the job's finalization until it is done. The consumer group's
+    lag, by contrast, is NULL in between."""
     client, _ = r
     _, scaled = worker_pool()
     (trigger,) = scaled["spec"]["triggers"]
@@ -501,8 +531,13 @@ def test_scaling_signal_follows_live_work(r: tuple[redis.Redis, str]) -> None:
     for m in q.read("w1", 10, None):
         count(m.job_id, m)
     count(first.id, in_hand[0])
-    finals = q.read("w1", 10, None)
-    assert {m.kind for m in finals} == {"finalize"} and client.xlen(stream) == 2
+    # all shards counted: the decode pool may go to zero while the finalizers merge
+    assert client.xlen(stream) == 0 <= active_above
+    finalizers = JobQueue.finalizers(client)
+    assert client.xlen(finalizers.stream) == 2  # what the finalizers' ScaledObject reads
+    finalizers.ensure_group()
+    finals = finalizers.read("f1", 10, None)
+    assert {m.kind for m in finals} == {"finalize"} and client.xlen(finalizers.stream) == 2
     for m in finals:
         record = q.job(m.job_id)
         assert record is not None
@@ -511,4 +546,4 @@ def test_scaling_signal_follows_live_work(r: tuple[redis.Redis, str]) -> None:
                 record, record.finalize_as or record.status, time.time(), 60, message_id=m.id
             )
         )
-    assert client.xlen(stream) == 0 <= active_above  # all done: the pool may go to zero
+    assert client.xlen(finalizers.stream) == 0  # all done

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from contrail.core.jobs import keys
-from contrail.core.jobs.queue import QueueMessage
+from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.reconciler import Reconciler
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine
 from contrail.worker.engine.factory import create_engine
@@ -241,7 +241,7 @@ def test_an_item_the_engine_fails_on_fails_alone(stack: Stack, tiny_engine: Engi
     job_id = create_job(stack, n, DECODING)
     engine = ScriptedEngine(tiny_engine, poison="q000009")
     _worker(stack, engine, batch_shards=4, claim_idle_ms=300, max_deliveries=2).run()
-    final = job(stack, job_id)
+    final = stack.wait_status(job_id, ("completed", "failed"), timeout=60)  # the finalizer's
     assert final["status"] == "completed", final
     pairs, errors = stored(stack, job_id)
     # The wave is split until shard 1 fails alone; its redelivery is decoded item by item, and
@@ -318,21 +318,25 @@ def test_counted_shard_is_never_decoded_or_rewritten_again(
         worker.shutdown()
 
 
-def test_finalize_again_is_byte_identical(stack: Stack, tiny_engine: Engine) -> None:
+def test_finalize_again_is_byte_identical(make_stack: Any, tiny_engine: Engine) -> None:
+    stack: Stack = make_stack(finalizer=False)  # this test finalizes by hand
     announce_worker(stack)
     job_id = create_job(stack, 24, DECODING)
     worker = _worker(stack, tiny_engine, batch_shards=8)
     worker.startup()
     try:
-        finals: list[QueueMessage] = []
-        while not finals:
-            msgs = worker.fetch()
-            finals = [m for m in msgs if m.kind == "finalize"]
-            worker.process([m for m in msgs if m.kind == "shard"])
+        while worker.queue.job(job_id).status.value == "in_progress":  # type: ignore[union-attr]
+            worker.process([m for m in worker.fetch() if m.kind == "shard"])
+        # the decode worker never finalizes: the finalize message is the finalizers'
+        assert not [m for m in worker.queue.live_messages() if m.kind == "finalize"]
+        finalizers = JobQueue.finalizers(worker.r)
+        finalizers.ensure_group()
+        finals = finalizers.read("test-finalizer", 10, None)
+        assert [(m.kind, m.job_id) for m in finals] == [("finalize", job_id)]
         frozen = worker.queue.job(job_id)
         assert frozen is not None and frozen.status.value == "finalizing"
         finalizer = Finalizer(
-            worker.queue, worker.storage, worker.guard, max_deliveries=3, retention_s=0
+            finalizers, worker.storage, worker.guard, max_deliveries=3, retention_s=0
         )
         storage = stack.storage()
         finalizer.merge(frozen)  # a first finalization that died before its last step

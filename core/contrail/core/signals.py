@@ -23,6 +23,7 @@ record), so it lives in the torch-free core.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Final
 
@@ -167,39 +168,85 @@ class SignalSummary(BaseModel):
     restate_threshold: float = RESTATE_THRESHOLD
 
 
-def summarize_signals(signals: Sequence[RecordSignals]) -> SignalSummary:
-    n = len(signals)
-    if n == 0:
-        return SignalSummary(
-            records=0,
-            mean_words=0.0,
-            median_words=0.0,
-            mean_tokens=0.0,
-            mean_overlap=0.0,
-            restate_rate=0.0,
-            names_other_choice_rate=None,
-            names_other_choice_checked=0,
+class SignalTotals:
+    """Running totals of records' signals: `summary()` equals `summarize_signals` of every record
+    added, in memory bounded by the number of distinct word counts (the median comes from a
+    histogram), however many records are added. The job finalizer streams a dataset through one
+    of these per tag."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.words: Counter[int] = Counter()
+        self.sum_words = 0
+        self.sum_tokens = 0
+        self.sum_overlap = 0.0  # added in record order, as sum() over a list would
+        self.restates = 0
+        self.checked = 0
+        self.named = 0
+
+    def add(self, s: RecordSignals) -> None:
+        self.n += 1
+        self.words[s.words] += 1
+        self.sum_words += s.words
+        self.sum_tokens += s.tokens
+        self.sum_overlap += s.overlap
+        self.restates += s.restates
+        if s.names_other_choice is not None:
+            self.checked += 1
+            self.named += s.names_other_choice
+
+    def _word_at(self, index: int) -> int:
+        """The index-th smallest word count."""
+        seen = 0
+        for words in sorted(self.words):
+            seen += self.words[words]
+            if index < seen:
+                return words
+        raise IndexError(index)
+
+    def summary(self) -> SignalSummary:
+        n = self.n
+        if n == 0:
+            return SignalSummary(
+                records=0,
+                mean_words=0.0,
+                median_words=0.0,
+                mean_tokens=0.0,
+                mean_overlap=0.0,
+                restate_rate=0.0,
+                names_other_choice_rate=None,
+                names_other_choice_checked=0,
+            )
+        mid = n // 2
+        median = (
+            float(self._word_at(mid))
+            if n % 2
+            else (self._word_at(mid - 1) + self._word_at(mid)) / 2
         )
-    words = sorted(s.words for s in signals)
-    mid = n // 2
-    median = float(words[mid]) if n % 2 else (words[mid - 1] + words[mid]) / 2
-    checked = [s.names_other_choice for s in signals if s.names_other_choice is not None]
-    return SignalSummary(
-        records=n,
-        mean_words=round(sum(words) / n, 3),
-        median_words=median,
-        mean_tokens=round(sum(s.tokens for s in signals) / n, 3),
-        mean_overlap=round(sum(s.overlap for s in signals) / n, 4),
-        restate_rate=round(sum(s.restates for s in signals) / n, 4),
-        names_other_choice_rate=round(sum(checked) / len(checked), 4) if checked else None,
-        names_other_choice_checked=len(checked),
-    )
+        return SignalSummary(
+            records=n,
+            mean_words=round(self.sum_words / n, 3),
+            median_words=median,
+            mean_tokens=round(self.sum_tokens / n, 3),
+            mean_overlap=round(self.sum_overlap / n, 4),
+            restate_rate=round(self.restates / n, 4),
+            names_other_choice_rate=round(self.named / self.checked, 4) if self.checked else None,
+            names_other_choice_checked=self.checked,
+        )
+
+
+def summarize_signals(signals: Sequence[RecordSignals]) -> SignalSummary:
+    totals = SignalTotals()
+    for s in signals:
+        totals.add(s)
+    return totals.summary()
 
 
 __all__ = [
     "RESTATE_THRESHOLD",
     "RecordSignals",
     "SignalSummary",
+    "SignalTotals",
     "answer_options",
     "content_words",
     "names_other_choice",

@@ -34,8 +34,8 @@ from contrail.client.types import RationaleRecord
 from contrail.core.signals import (
     RecordSignals,
     SignalSummary,
+    SignalTotals,
     record_signals,
-    summarize_signals,
 )
 from contrail.distill.export import export_student, load_records
 from contrail.distill.las import (
@@ -109,19 +109,36 @@ def summarize_with_predictions(
     return summary, sims
 
 
+class QualityTotals:
+    """The cheap part of a `QualitySummary`, accumulated record by record (overall and per tag)
+    in bounded memory: the job finalizer streams a dataset through one."""
+
+    def __init__(self) -> None:
+        self.overall = SignalTotals()
+        self.by_tag: dict[str, SignalTotals] = {}
+
+    def add(self, s: RecordSignals) -> None:
+        self.overall.add(s)
+        self.by_tag.setdefault(s.tag, SignalTotals()).add(s)
+
+    def summary(self, error_records: int = 0) -> QualitySummary:
+        return QualitySummary(
+            records=self.overall.n + error_records,
+            error_records=error_records,
+            counts_by_tag={t: self.by_tag[t].n for t in sorted(self.by_tag)},
+            signals=self.overall.summary(),
+            signals_by_tag={t: self.by_tag[t].summary() for t in sorted(self.by_tag)},
+        )
+
+
 def summary_from_signals(
     signals: Sequence[RecordSignals], error_records: int = 0
 ) -> QualitySummary:
-    """The cheap part of `summarize`, from per-record signals (the job finalizer computes them
-    while it streams the dataset, so it never holds the records themselves)."""
-    tags = sorted({s.tag for s in signals})
-    return QualitySummary(
-        records=len(signals) + error_records,
-        error_records=error_records,
-        counts_by_tag=dict(sorted(Counter(s.tag for s in signals).items())),
-        signals=summarize_signals(signals),
-        signals_by_tag={t: summarize_signals([s for s in signals if s.tag == t]) for t in tags},
-    )
+    """The cheap part of `summarize`, from per-record signals."""
+    totals = QualityTotals()
+    for s in signals:
+        totals.add(s)
+    return totals.summary(error_records)
 
 
 def evaluate_file(

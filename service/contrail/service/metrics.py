@@ -83,6 +83,8 @@ class _Snapshot(Collector):
         self.hist: dict[str, str] = {}
         self.depth: dict[str, tuple[int, int]] = {}
         self.models: dict[str, int] = {}
+        self.finalize: tuple[int, int] = (0, 0)
+        self.finalizers = 0
 
     def collect(self) -> Iterator[Metric]:
         for field, (name, doc) in _COUNTERS.items():
@@ -102,6 +104,16 @@ class _Snapshot(Collector):
         for model, n in sorted(self.models.items()):
             workers.add_metric([model], n)
         yield workers
+        waiting, pending = self.finalize
+        yield GaugeMetricFamily(
+            "contrail_finalize_queue_depth", "Finalize messages not yet delivered", value=waiting
+        )
+        yield GaugeMetricFamily(
+            "contrail_finalize_queue_pending",
+            "Finalize messages delivered, not acknowledged",
+            value=pending,
+        )
+        yield GaugeMetricFamily("contrail_finalizers", "Live finalizers", value=self.finalizers)
         buckets: list[tuple[str, float]] = []
         cumulative = 0.0
         for b in keys.JOB_SECONDS_BUCKETS:
@@ -126,4 +138,6 @@ async def render(redis: Redis, store: AsyncJobStore) -> bytes:
     SNAPSHOT.hist = decode_hash(await redis.hgetall(keys.JOB_SECONDS))
     SNAPSHOT.depth = await store.queue_depth()
     SNAPSHOT.models = await store.served_models()
+    SNAPSHOT.finalize = await store.finalize_depth()
+    SNAPSHOT.finalizers = await store.live_finalizers()
     return generate_latest(REGISTRY)

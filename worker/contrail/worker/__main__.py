@@ -1,8 +1,10 @@
-"""Run a worker: ``python -m contrail.worker [--burst] [--check] [--model M] [--engine E]``.
+"""Run a worker: ``python -m contrail.worker [--finalizer] [--burst] [--check] [--model M]
+[--engine E]``.
 
 Settings come from CONTRAIL_* variables (`contrail.worker.settings.WorkerSettings`); the
-flags override the model and the engine. ``--burst`` drains the queue and exits; ``--check``
-is a container healthcheck (see `contrail.worker.health`).
+flags override the model and the engine. ``--finalizer`` runs a finalizer (no engine: it merges
+finished jobs' datasets) instead of a decode worker. ``--burst`` drains the queue and exits;
+``--check`` is a container healthcheck (see `contrail.worker.health`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from contrail.worker.settings import get_settings
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m contrail.worker", description=__doc__)
+    parser.add_argument("--finalizer", action="store_true", help="run a finalizer")
     parser.add_argument("--burst", action="store_true", help="drain the queue, then exit")
     parser.add_argument("--check", action="store_true", help="healthcheck exit code")
     parser.add_argument("--model", help="override CONTRAIL_MODEL")
@@ -38,10 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.check:
         from contrail.worker.health import check
 
-        return check(settings)
+        return check(settings, finalizer=args.finalizer)
     from contrail.worker.loop import Worker
 
-    worker = Worker(settings, burst=args.burst)
+    worker = Worker(settings, burst=args.burst, role="finalizer" if args.finalizer else "decode")
     signal.signal(signal.SIGTERM, worker.handle_signal)
     signal.signal(signal.SIGINT, worker.handle_signal)
     return worker.run()

@@ -1,7 +1,7 @@
 """The worker part's commands, registered into the ``contrail`` CLI as a plugin
-(entry point ``contrail.cli``): ``serve worker``, ``generate`` (offline) and ``models prepare``
-(``eval`` and ``export`` are the distill part's: `contrail.distill.cli`). Registering only builds
-parsers; torch, vLLM and the engines are imported inside the commands."""
+(entry point ``contrail.cli``): ``serve worker``, ``serve finalizer``, ``generate`` (offline) and
+``models prepare`` (``eval`` and ``export`` are the distill part's: `contrail.distill.cli`).
+Registering only builds parsers; torch, vLLM and the engines are imported inside the commands."""
 
 from __future__ import annotations
 
@@ -24,6 +24,16 @@ def cmd_serve_worker(args: argparse.Namespace) -> int:
         argv += ["--model", args.model]
     if args.engine:
         argv += ["--engine", args.engine]
+    if args.check:
+        argv.append("--check")
+    if args.burst:
+        argv.append("--burst")
+    return int(entry.main(argv) or 0)
+
+
+def cmd_serve_finalizer(args: argparse.Namespace) -> int:
+    entry = lazy("contrail.worker.__main__", "worker")
+    argv = ["--finalizer"]
     if args.check:
         argv.append("--check")
     if args.burst:
@@ -91,6 +101,20 @@ def register(registry: CommandRegistry) -> None:
     )
     p.add_argument("--burst", action="store_true", help="drain the queue, then exit")
     p.set_defaults(func=cmd_serve_worker)
+
+    p = registry.add_to(
+        "serve",
+        "finalizer",
+        help="run a finalizer: merges finished jobs' datasets (no engine, no GPU); settings "
+        "from CONTRAIL_* environment variables",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 if a finalizer on this host has a fresh health record (healthcheck)",
+    )
+    p.add_argument("--burst", action="store_true", help="drain the finalize queue, then exit")
+    p.set_defaults(func=cmd_serve_finalizer)
 
     p = registry.add_to(
         "models",

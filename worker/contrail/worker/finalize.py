@@ -30,9 +30,10 @@ from contrail.client.types import (
 from contrail.core.jobs import protocol, states
 from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.record import JobRecord
-from contrail.core.signals import RecordSignals, record_signals
+from contrail.core.signals import record_signals
 from contrail.core.storage import Storage, dataset_keys, shard_output_keys
-from contrail.distill.report import summary_from_signals
+from contrail.distill.export import load_records
+from contrail.distill.report import QualityTotals
 from contrail.worker.dataset_writer import DatasetWriter
 from contrail.worker.item_errors import FINALIZE_FAILED
 from contrail.worker.job_quality import JobLas, LasReader, job_las
@@ -107,13 +108,14 @@ class Finalizer:
     # ------------------------------------------------------------------ merging
     def merge(self, job: JobRecord) -> tuple[int, int]:
         """Write dataset.jsonl/.parquet, errors.jsonl and manifest.json from the counted
-        attempts; returns (records, errors)."""
+        attempts; returns (records, errors). Records stream through: memory is bounded by a
+        shard's lines and the Parquet writer's row group, whatever the job's size, and the
+        manifest's statistics are running totals. Only LAS, when the job asks for it, reads the
+        merged dataset back (its simulator needs every record at once)."""
         counted = self.guard.call(self.queue.counted, job.id)
         keys = dataset_keys(job.id)
-        signals: list[RecordSignals] = []
-        by_tag: dict[str, int] = {}
-        wants_las = job.quality is not None and job.quality.las
-        records: list[RationaleRecord] = []  # kept only for LAS
+        quality = QualityTotals()
+        las: JobLas | None = None
         with tempfile.TemporaryDirectory(prefix="contrail-final-", dir=self.scratch_dir) as tmp:
             with DatasetWriter(Path(tmp) / "dataset") as writer:
                 for shard, attempt in counted.items():
@@ -122,10 +124,7 @@ class Finalizer:
                         for line in self.storage.read_lines(records_key):
                             record = RationaleRecord.model_validate_json(line)
                             writer.write(record)
-                            signals.append(record_signals(record))
-                            if wants_las:
-                                records.append(record)
-                            by_tag[record.tag.value] = by_tag.get(record.tag.value, 0) + 1
+                            quality.add(record_signals(record))
                     if attempt.failed:
                         for line in self.storage.read_lines(errors_key):
                             writer.write(ItemError.model_validate_json(line))
@@ -138,8 +137,11 @@ class Finalizer:
             assert writer.parquet_path is not None
             self.storage.put(keys["parquet"], writer.parquet_path)
             self.storage.put(keys["errors"], writer.errors_path)
-        las = job_las(self.storage, job.id, records, self.las_reader) if wants_las else None
-        manifest = _manifest(job, keys, by_tag, signals, las)
+            if job.quality is not None and job.quality.las:
+                records = load_records(writer.jsonl_path)
+                las = job_las(self.storage, job.id, records, self.las_reader)
+                del records
+        manifest = _manifest(job, keys, quality, las)
         self.storage.put(keys["manifest"], manifest.model_dump_json(indent=2).encode())
         return writer.records, writer.errors
 
@@ -151,14 +153,13 @@ class FinalizeRetry(Exception):
 def _manifest(
     job: JobRecord,
     keys: dict[str, str],
-    by_tag: dict[str, int],
-    signals: list[RecordSignals],
+    totals: QualityTotals,
     las: JobLas | None = None,
 ) -> Manifest:
     """The manifest: a function of the frozen job (and of its LAS, computed once), so repeating
     it is byte-identical."""
     frozen_at = job.frozen_at or job.created_at
-    quality = summary_from_signals(signals)
+    quality = totals.summary()
     if las is not None:
         quality.las, quality.las_note = las.las, las.note
     return Manifest(
@@ -168,7 +169,7 @@ def _manifest(
         decoding=job.decoding,
         template=job.template,
         request_counts=RequestCounts(total=job.total, completed=job.completed, failed=job.failed),
-        counts_by_tag=dict(sorted(by_tag.items())),
+        counts_by_tag=quality.counts_by_tag,
         usage=Usage(prompt_tokens=job.prompt_tokens, completion_tokens=job.completion_tokens),
         created_at=int(job.created_at),
         completed_at=int(frozen_at),

@@ -1,4 +1,5 @@
-"""The container healthcheck: exit 0 when a live worker of this host serves the model."""
+"""The container healthcheck: exit 0 when a live worker of this host serves the model (or, for
+a finalizer, when a live finalizer of this host is registered)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import socket
 
 import redis
 
+from contrail.core.jobs import keys
 from contrail.core.jobs.queue import JobQueue
 from contrail.worker.settings import WorkerSettings
 
 HEALTHY, NO_WORKER, REDIS_DOWN = 0, 1, 2
 
 
-def check(settings: WorkerSettings) -> int:
-    """0: a live worker of this host announces the configured model; 1: none does;
-    2: Redis cannot be reached."""
+def check(settings: WorkerSettings, *, finalizer: bool = False) -> int:
+    """0: a live worker of this host announces the configured model (a finalizer: a live
+    finalizer of this host is registered); 1: none does; 2: Redis cannot be reached."""
     r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     host = socket.gethostname()
     try:
@@ -23,6 +25,10 @@ def check(settings: WorkerSettings) -> int:
         return REDIS_DOWN
     finally:
         r.close()
-    if any(w.get("host") == host and w.get("model") == settings.model_id for w in workers):
-        return HEALTHY
+    for w in workers:
+        role = w.get("role", keys.DECODE)
+        if w.get("host") != host or (role == keys.FINALIZER) != finalizer:
+            continue
+        if finalizer or w.get("model") == settings.model_id:
+            return HEALTHY
     return NO_WORKER

@@ -1,5 +1,10 @@
-"""The worker loop (after arq's): start up, read the model's stream in waves, process, and shut
-down cleanly.
+"""The worker loop (after arq's): start up, read a stream in waves, process, and shut down
+cleanly. One loop, two roles:
+
+- a decode worker (`contrail serve worker`) reads its model's shard stream and decodes; when it
+  counts a job's last shard, the job's finalize message goes to the finalize stream;
+- a finalizer (`contrail serve finalizer`, no engine, no GPU) reads the finalize stream and
+  merges each job's dataset, so a GPU never waits on a merge.
 
 - Reading: reclaim messages other (dead) workers left idle, then read new ones, up to
   `batch_shards` per wave. After a Redis outage nothing is reclaimed until Redis has been up for
@@ -27,8 +32,8 @@ from types import FrameType
 
 import redis
 
-from contrail.core.jobs import protocol
-from contrail.core.jobs.queue import JobQueue, QueueMessage
+from contrail.core.jobs import keys, protocol
+from contrail.core.jobs.queue import JobQueue, QueueMessage, Role
 from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
 from contrail.core.storage import Storage, StorageUnavailable
 from contrail.worker.engine.base import Engine
@@ -66,9 +71,11 @@ class Worker:
         engine: Engine | None = None,
         burst: bool = False,
         worker_id: str | None = None,
+        role: Role = "decode",
     ) -> None:
         self.s = settings
         self.burst = burst
+        self.role: Role = role
         self.host = socket.gethostname()
         self.id = worker_id or f"{self.host}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
         self.r = redis.Redis.from_url(
@@ -76,7 +83,11 @@ class Worker:
             socket_timeout=settings.block_ms / 1000 + 10,
             socket_connect_timeout=5,
         )
-        self.queue = JobQueue(self.r, settings.model_id)
+        self.queue = (
+            JobQueue.finalizers(self.r)
+            if role == keys.FINALIZER
+            else JobQueue(self.r, settings.model_id)
+        )
         self.storage = Storage(settings.storage_url, retry_for_s=settings.storage_retry_s)
         self.engine = engine
         self.stopping = threading.Event()  # stop reading new work
@@ -88,13 +99,14 @@ class Worker:
         self._reconciler: ReconcilerThread | None = None
         self._signals = 0
         self.waves = 0
+        # the simulator of jobs that ask for LAS, loaded on first use (finalizers only)
         self._las_reader = LasReader(
             settings.las_simulator, settings.las_simulator_layer, settings.model_cache_dir
         )
 
     # ------------------------------------------------------------------ lifecycle
     def startup(self) -> None:
-        if self.engine is None:
+        if self.engine is None and self.role == keys.DECODE:
             self.engine = make_engine(self.s)
         self.guard.call(self.queue.ensure_group)
         self.guard.call(self._beat)
@@ -110,7 +122,8 @@ class Worker:
         )
         self._reconciler = ReconcilerThread(reconciler, self.s.reconcile_interval_s)
         self._reconciler.start()
-        log.info("worker %s serves %s from %s", self.id, self.s.model_id, self.queue.stream)
+        what = "finalizes jobs" if self.role == keys.FINALIZER else f"serves {self.s.model_id}"
+        log.info("%s %s %s from %s", self.role, self.id, what, self.queue.stream)
 
     def run(self) -> int:
         self.startup()
@@ -159,7 +172,7 @@ class Worker:
         with contextlib.suppress(redis.RedisError):
             clear_in_flight(self.r, held)
         try:
-            n = self.queue.run(protocol.release(self.s.model_id, ids))
+            n = self.queue.run(protocol.release(self.queue.stream, ids))
             log.info("gave %d message(s) back to the queue", n)
         except redis.RedisError as exc:  # they go idle and are reclaimed instead
             log.warning("could not give back %d message(s): %s", len(ids), exc)
@@ -194,7 +207,7 @@ class Worker:
             ids = sorted(self.in_hand)
         info: dict[str, str | int] = {
             "pid": os.getpid(),
-            "engine": self.s.engine,
+            "engine": self.s.engine if self.role == keys.DECODE else "none",
             "waves": self.waves,
             "in_hand": len(ids),
             "beat_at": f"{time.time():.3f}",
@@ -253,6 +266,12 @@ class Worker:
                 self.in_hand.pop(m.id, None)
 
     def _process(self, msgs: list[QueueMessage]) -> None:
+        if self.role == keys.FINALIZER:
+            for msg in msgs:
+                self._finalize(msg)
+            return
+        for msg in (m for m in msgs if m.kind == "finalize"):
+            self._forward(msg)
         assert self.engine is not None
         shards = ShardProcessor(
             self.queue,
@@ -280,8 +299,14 @@ class Worker:
             self.waves += 1
             for msg in report.failed:
                 self._failed(shards, msg)
-        for msg in (m for m in msgs if m.kind == "finalize"):
-            self._finalize(msg)
+
+    def _forward(self, msg: QueueMessage) -> None:
+        """A finalize message in a model's stream (queued before the finalizer role existed):
+        re-queue it on the finalize stream (the script checks the job is frozen), then drop it."""
+        self.guard.call(self.queue.run, protocol.requeue(msg.job_id, self.s.model_id, [], True))
+        self.guard.call(self.queue.ack, msg.id)
+        self._done_with(msg)
+        log.info("job %s: moved its finalize message to the finalizers", msg.job_id)
 
     def _failed(self, shards: ShardProcessor, msg: QueueMessage) -> None:
         """A shard that failed this delivery: dead-letter it on its last delivery, else let it
@@ -293,6 +318,11 @@ class Worker:
             self._done_with(msg)
 
     def _finalize(self, msg: QueueMessage) -> None:
+        if msg.kind != "finalize":  # nothing else is ever added to the finalize stream
+            log.error("ignoring a %s message on the finalize stream: %s", msg.kind, msg)
+            self.guard.call(self.queue.ack, msg.id)
+            self._done_with(msg)
+            return
         finalizer = Finalizer(
             self.queue,
             self.storage,

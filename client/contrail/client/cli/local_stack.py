@@ -1,13 +1,13 @@
 """`contrail up`: the whole stack on one machine without Docker (an embedded Valkey with AOF,
-local-disk storage, the API and one worker), supervised until Ctrl-C or SIGTERM.
+local-disk storage, the API, a finalizer and one worker), supervised until Ctrl-C or SIGTERM.
 
 The parts run as child processes in their own sessions (a terminal's Ctrl-C reaches `up` only,
 which stops them in reverse order) with a parent-death signal, so none outlives `up`.
 
-Once the stack is up, a worker or API that exits is restarted with exponential backoff (1 s,
-2 s, ... 30 s; back to 1 s after a minute of running), as a cluster's supervisor would do, and the
-console says so: a job that OOM-kills its worker must not stop the whole stack. Valkey exiting
-stops the stack (its data is the state of everything else).
+Once the stack is up, a worker, finalizer or API that exits is restarted with exponential backoff
+(1 s, 2 s, ... 30 s; back to 1 s after a minute of running), as a cluster's supervisor would do,
+and the console says so: a job that OOM-kills its worker must not stop the whole stack. Valkey
+exiting stops the stack (its data is the state of everything else).
 """
 
 from __future__ import annotations
@@ -335,6 +335,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         _wait_for("the API", lambda: _http_ok(f"{base_url}/readyz"), stack, timeout=60)
         print(f"api       {base_url}  (docs {base_url}/docs)", file=sys.stderr)
+        # Jobs end through a finalizer (no engine: it starts in seconds), even with --no-worker,
+        # so workers started elsewhere against this stack see their jobs complete.
+        stack.start("finalizer", [*cli, "serve", "finalizer"], env, stop_timeout=40)
+        print(f"finalizer log {state_dir / 'logs' / 'finalizer.log'}", file=sys.stderr)
         if not args.no_worker:
             stack.start(
                 "worker",
@@ -364,7 +368,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         }
         _write_info(info_file, info, stack)
         for proc in stack.procs:  # from now on a dead worker or API is restarted
-            proc.restart = proc.name in ("api", "worker")
+            proc.restart = proc.name in ("api", "worker", "finalizer")
         print("\ncontrail is up. In another shell:\n")
         print(f"  export {ENV_BASE_URL}={base_url}")
         print(f"  export {ENV_API_KEY}={api_key}")

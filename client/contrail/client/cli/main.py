@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     registry = CommandRegistry(sub, {}, client_options(), decoding_options())
     local_stack.register(registry)
-    serve = sub.add_parser("serve", help="run one part of the service (api or worker)")
+    serve = sub.add_parser("serve", help="run one part of the service (api, worker or finalizer)")
     registry.groups["serve"] = serve.add_subparsers(
         dest="part", metavar="PART", parser_class=Parser
     )

@@ -25,6 +25,7 @@ log = logging.getLogger("contrail.cli")
 SERVER_COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
     ("serve", "api"): ("service", "run the HTTP API"),
     ("serve", "worker"): ("worker", "run a queue worker"),
+    ("serve", "finalizer"): ("worker", "run a finalizer (merges finished jobs; no GPU)"),
     (None, "generate"): ("worker", "decode an input file offline (no server) into a dataset"),
     (None, "eval"): ("worker", "rationale quality of datasets or jobs: signals, LAS"),
     (None, "export"): ("worker", "student-training export of a dataset"),

@@ -25,11 +25,15 @@ contrail:seq                          int    creation sequence
 contrail:models                       set    models that have a stream (added by job creation
                                              and worker start): /metrics reads their queues
                                              without scanning the keyspace
-contrail:stream:<model>               stream live messages {kind: shard|finalize, job_id, ...};
-                                             a message is deleted when it is acknowledged
-contrail:dead:<model>                 stream dead-lettered messages (+ reason), capped
+contrail:stream:<model>               stream live shard messages {kind: shard, job_id, shard, ...}
+                                             for the model's decode workers; a message is
+                                             deleted when it is acknowledged
+contrail:finalize                     stream live finalize messages {kind: finalize, job_id} of
+                                             every model, for the finalizers (same group name)
+contrail:dead:<model>                 stream dead-lettered messages (+ reason), capped (a
+                                             dead-lettered finalize goes to its job's model's)
 contrail:workers                      zset   worker id -> heartbeat expiry (epoch s)
-contrail:worker:<worker_id>           hash   worker model/host/pid (expires with heartbeat)
+contrail:worker:<worker_id>           hash   worker role/model/host/pid (expires with heartbeat)
 contrail:reconciler                   str    the reconciler's leader lease (owner id, TTL)
 contrail:stats                        hash   deployment-wide counters (exported by /metrics)
 contrail:stats:job_seconds            hash   job duration histogram buckets (+sum, count)
@@ -47,6 +51,10 @@ ACTIVE_JOBS = f"{PREFIX}:jobs:active"
 PENDING_INPUTS = f"{PREFIX}:jobs:pending_inputs"
 RECONCILER = f"{PREFIX}:reconciler"
 MODELS = f"{PREFIX}:models"
+FINALIZE_STREAM = f"{PREFIX}:finalize"
+# A worker's role, in its registry hash: decoding a model's shards, or finalizing jobs.
+DECODE = "decode"
+FINALIZER = "finalizer"
 JOB_SECONDS_BUCKETS: tuple[float, ...] = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 
 

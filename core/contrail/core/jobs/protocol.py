@@ -169,6 +169,7 @@ def count_shard(
             keys.STATS,
             keys.stream(model),
             keys.dead(model),
+            keys.FINALIZE_STREAM,
         ],
         [
             job_id,
@@ -232,7 +233,7 @@ def freeze(
         raise ValueError(f"{target} is not a frozen status")
     return Call(
         "freeze",
-        [keys.job(job_id), keys.stream(model)],
+        [keys.job(job_id), keys.FINALIZE_STREAM],
         [
             job_id,
             states.csv(states.sources_of(target)),
@@ -279,7 +280,7 @@ def finish(
             keys.job_shards(record.id),
             keys.STATS,
             keys.JOB_SECONDS,
-            keys.stream(record.model),
+            keys.FINALIZE_STREAM,
             keys.dead(record.model),
         ],
         [
@@ -301,9 +302,10 @@ def finish(
 # ------------------------------------------------------------------------------------ queue
 
 
-def release(model: str, message_ids: Sequence[str]) -> Call[int]:
-    """Give messages back to the queue without spending a delivery."""
-    return Call("release", [keys.stream(model)], [keys.GROUP, *message_ids], int)
+def release(stream: str, message_ids: Sequence[str]) -> Call[int]:
+    """Give messages back to their stream (a model's or the finalize stream) without spending a
+    delivery."""
+    return Call("release", [stream], [keys.GROUP, *message_ids], int)
 
 
 def requeue(job_id: str, model: str, shards: Sequence[int], finalize: bool) -> Call[int]:
@@ -311,7 +313,13 @@ def requeue(job_id: str, model: str, shards: Sequence[int], finalize: bool) -> C
     what = [str(s) for s in shards] + (["finalize"] if finalize else [])
     return Call(
         "requeue",
-        [keys.job(job_id), keys.stream(model), keys.job_shards(job_id), keys.job_done(job_id)],
+        [
+            keys.job(job_id),
+            keys.stream(model),
+            keys.job_shards(job_id),
+            keys.job_done(job_id),
+            keys.FINALIZE_STREAM,
+        ],
         [job_id, *what],
         int,
     )

@@ -1,5 +1,6 @@
-"""The workers' (and the reconciler's) side of the protocol, synchronous: reading a model's
-stream, keeping messages in hand alive, giving them back, and running the protocol's calls.
+"""The workers' (and the reconciler's) side of the protocol, synchronous: reading a stream (a
+model's shards for its decode workers, or the finalize stream for the finalizers), keeping
+messages in hand alive, giving them back, and running the protocol's calls.
 
 Delivery is at least once. A message stays in the consumer group's pending list until the script
 that consumes its result acknowledges and deletes it, so the stream only holds live work. A
@@ -14,7 +15,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis
 from redis.exceptions import ResponseError
@@ -61,23 +62,36 @@ class QueueMessage:
         }
 
 
-def ensure_group(r: redis.Redis, model: str) -> None:
-    r.sadd(keys.MODELS, model)  # /metrics reports this model's queue from now on
+Role = Literal["decode", "finalizer"]  # keys.DECODE, keys.FINALIZER
+
+
+def ensure_group(r: redis.Redis, model: str | None, stream: str | None = None) -> None:
+    """The consumer group of a model's stream (or of `stream`, the finalize stream), from the
+    stream's start so messages added before it existed are read too."""
+    if model is not None:
+        r.sadd(keys.MODELS, model)  # /metrics reports this model's queue from now on
     try:
-        r.xgroup_create(keys.stream(model), keys.GROUP, id="0", mkstream=True)
+        r.xgroup_create(stream or keys.stream(str(model)), keys.GROUP, id="0", mkstream=True)
     except ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
 
 
 class JobQueue:
-    """One model's queue plus the job records, as seen by a worker."""
+    """One stream plus the job records, as seen by a worker: a model's shard stream for its
+    decode workers (`JobQueue(r, model)`), the finalize stream for the finalizers
+    (`JobQueue.finalizers(r)`)."""
 
-    def __init__(self, r: redis.Redis, model: str) -> None:
+    def __init__(self, r: redis.Redis, model: str, *, role: Role = "decode") -> None:
         self.r = r
         self.model = model
-        self.stream = keys.stream(model)
+        self.role: Role = role
+        self.stream = keys.FINALIZE_STREAM if role == keys.FINALIZER else keys.stream(model)
         self._scripts = {name: r.register_script(src) for name, src in SCRIPTS.items()}
+
+    @classmethod
+    def finalizers(cls, r: redis.Redis) -> JobQueue:
+        return cls(r, "", role="finalizer")
 
     def run(self, call: Call[T]) -> T:
         return call.parse(self._scripts[call.script](keys=call.keys, args=call.args))
@@ -95,7 +109,10 @@ class JobQueue:
 
     # ------------------------------------------------------------------ reading
     def ensure_group(self) -> None:
-        ensure_group(self.r, self.model)
+        if self.role == keys.FINALIZER:
+            ensure_group(self.r, None, self.stream)
+        else:
+            ensure_group(self.r, self.model)
 
     def read(self, consumer: str, count: int, block_ms: int | None) -> list[QueueMessage]:
         """New messages for `consumer` (XREADGROUP; waits up to block_ms when none)."""
@@ -165,10 +182,14 @@ class JobQueue:
 
     # ------------------------------------------------------------------ workers
     def announce(self, worker_id: str, info: Mapping[str, str | int], ttl_s: int) -> None:
-        """Heartbeat: the worker and the model it serves, alive for ttl_s."""
+        """Heartbeat: the worker, its role and the model it serves, alive for ttl_s."""
         pipe = self.r.pipeline(transaction=False)
         wkey = keys.worker(worker_id)
-        mapping: dict[str, str | int] = {"model": self.model, "host": socket.gethostname()}
+        mapping: dict[str, str | int] = {
+            "model": self.model,
+            "role": self.role,
+            "host": socket.gethostname(),
+        }
         mapping.update(info)
         pipe.hset(wkey, mapping=mapping)  # type: ignore[arg-type]
         pipe.expire(wkey, ttl_s)

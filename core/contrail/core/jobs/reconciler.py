@@ -6,8 +6,9 @@ one of them act at a time. Each pass:
 - expires jobs whose completion window is over (they finalize as `expired`, keeping the
   rationales finished so far);
 - for jobs without progress for `stall_s`, compares what the job still needs with the messages
-  really in its model's stream (the stream only holds live work): a lost shard message is queued
-  again, a frozen job whose finalize message is gone gets a new one;
+  really in the streams (they only hold live work): a shard message lost from its model's
+  stream is queued again, a frozen job whose finalize message is gone from the finalize stream
+  gets a new one;
 - deletes the inline input of job creations that never completed (an API that died between
   writing the input and the atomic creation), found through the pending-inputs outbox.
 
@@ -116,21 +117,29 @@ class Reconciler:
         by_model: dict[str, list[JobRecord]] = defaultdict(list)
         for record in stalled:
             by_model[record.model].append(record)
+        finalizing = set()
+        if any(r.status is not JobStatus.IN_PROGRESS for r in stalled):
+            finalizing = {m.job_id for m in JobQueue.finalizers(self.r).live_messages()}
         for model, records in by_model.items():
             queue = JobQueue(self.r, model)
-            live = queue.live_messages()
+            live = (
+                queue.live_messages()
+                if any(r.status is JobStatus.IN_PROGRESS for r in records)
+                else []
+            )
             for record in records:
-                self._repair_job(queue, record, live, report)
+                self._repair_job(queue, record, live, finalizing, report)
 
     def _repair_job(
         self,
         queue: JobQueue,
         record: JobRecord,
         live: list[QueueMessage],
+        finalizing: set[str],
         report: ReconcileReport,
     ) -> None:
-        mine = [m for m in live if m.job_id == record.id]
         if record.status is JobStatus.IN_PROGRESS:
+            mine = [m for m in live if m.job_id == record.id]
             counted = queue.counted(record.id)
             queued = {m.shard for m in mine if m.kind == "shard"}
             lost = [s for s in range(record.shards) if s not in counted and s not in queued]
@@ -138,7 +147,7 @@ class Reconciler:
             if added:
                 log.warning("job %s: re-queued %d lost shard message(s)", record.id, len(lost))
                 report.requeued_shards[record.id] = lost
-        elif not any(m.kind == "finalize" for m in mine):
+        elif record.id not in finalizing:
             if not queue.run(protocol.requeue(record.id, record.model, [], True)):
                 return
             log.warning("job %s: re-queued its lost finalize message", record.id)

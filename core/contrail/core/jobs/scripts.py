@@ -25,13 +25,15 @@ local function ack(stream, group, id)
     redis.call('XDEL', stream, id)
   end
 end
--- Queue the job's finalization once (the flag and the message are set together).
+-- Queue the job's finalization once (the flag and the message are set together), on the
+-- finalizers' stream.
 local function queue_finalize(job, stream, job_id)
   if redis.call('HSETNX', job, 'finalize_queued', '1') == 1 then
     redis.call('XADD', stream, '*', 'kind', 'finalize', 'job_id', job_id)
   end
 end
--- Leave in_progress: the counted shards are fixed from here on; finalization is queued.
+-- Leave in_progress: the counted shards are fixed from here on; finalization is queued
+-- (`stream` is the finalize stream).
 local function freeze(job, stream, job_id, status, finalize_as, now)
   redis.call('HSET', job, 'status', status, status .. '_at', now, 'frozen_at', now,
              'finalize_as', finalize_as, 'updated_at', now)
@@ -96,7 +98,7 @@ return {'created', tostring(seq)}
 """
 ).replace("__GROUP__", GROUP)
 
-# KEYS: job, done, stats, stream, dead stream
+# KEYS: job, done, stats, stream, dead stream, finalize stream
 # ARGV: job id, shard, attempt, completed, failed, prompt tokens, completion tokens,
 #       engine seconds, continuations, message id ('' = none), group, now,
 #       dead-letter reason ('' = a normal result), dead-letter message fields as JSON
@@ -145,14 +147,14 @@ if ARGV[13] ~= '' then
 end
 ack(stream, ARGV[11], ARGV[10])
 if n >= tonumber(redis.call('HGET', job, 'shards')) then
-  freeze(job, stream, job_id, 'finalizing', 'completed', now)
+  freeze(job, KEYS[6], job_id, 'finalizing', 'completed', now)
   return {'last', ''}
 end
 return {'counted', ''}
 """
 )
 
-# KEYS: job, stream
+# KEYS: job, finalize stream
 # ARGV: job id, allowed source statuses (csv), new status, finalize_as, now,
 #       not before (freeze only when now >= the job's expires_at; '' = always)
 # Reply: {'frozen', previous status} | {'unchanged', current status ('' when missing)}
@@ -172,7 +174,7 @@ return {'frozen', status}
 )
 
 # KEYS: job, tenant queued, tenant active, active jobs, file jobs, done, shards, stats,
-#       job seconds histogram, stream, dead stream
+#       job seconds histogram, finalize stream, dead stream
 # ARGV: job id, allowed source statuses (csv), final status, now, retention seconds (0 = keep),
 #       error ('' = none), message id to acknowledge ('' = none), group,
 #       dead-letter reason ('' = none), histogram bucket bounds (csv)
@@ -255,7 +257,7 @@ return n
 """
 )
 
-# KEYS: job, stream, job shards, done
+# KEYS: job, stream, job shards, done, finalize stream
 # ARGV: job id, shard index, ... ('finalize' re-queues the finalize message)
 # The reconciler's repair: re-adds messages it found lost (never for a shard already counted,
 # never a shard of a frozen job, never a finalize message of a job that is not frozen).
@@ -270,7 +272,7 @@ for i = 2, #ARGV do
   local what = ARGV[i]
   if what == 'finalize' then
     if status == 'finalizing' or status == 'cancelling' then
-      redis.call('XADD', KEYS[2], '*', 'kind', 'finalize', 'job_id', ARGV[1])
+      redis.call('XADD', KEYS[5], '*', 'kind', 'finalize', 'job_id', ARGV[1])
       n = n + 1
     end
   elseif status == 'in_progress' and redis.call('HEXISTS', KEYS[4], what) == 0 then

@@ -137,22 +137,41 @@ class AsyncJobStore:
 
     # ---------------------------------------------------------------- models
     async def served_models(self) -> dict[str, int]:
-        """model -> live workers announcing it (heartbeats not yet expired)."""
+        """model -> live decode workers announcing it (heartbeats not yet expired)."""
+        return {m: n for m, n in (await self._live_roles()).items() if m != keys.FINALIZER}
+
+    async def live_finalizers(self) -> int:
+        return (await self._live_roles()).get(keys.FINALIZER, 0)
+
+    async def _live_roles(self) -> dict[str, int]:
+        """model -> live decode workers, and keys.FINALIZER -> live finalizers."""
         t = time.time()
         await self.r.zremrangebyscore(keys.WORKERS, "-inf", t)
         ids = await self.r.zrangebyscore(keys.WORKERS, t, "+inf")
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
-            pipe.hget(keys.worker(text(i)), "model")
-        models: dict[str, int] = {}
-        for m in await pipe.execute():
-            if m is not None:
-                models[text(m)] = models.get(text(m), 0) + 1
-        return models
+            pipe.hmget(keys.worker(text(i)), ["model", "role"])
+        out: dict[str, int] = {}
+        for model, role in await pipe.execute():
+            name = keys.FINALIZER if role is not None and text(role) == keys.FINALIZER else model
+            if name is not None:
+                out[text(name)] = out.get(text(name), 0) + 1
+        return out
+
+    async def finalize_depth(self) -> tuple[int, int]:
+        """(finalize messages not yet delivered, delivered but not acknowledged)."""
+        try:
+            groups = await self.r.xinfo_groups(keys.FINALIZE_STREAM)
+        except ResponseError:  # no stream yet, or Redis lost its data
+            groups = []
+        if not groups:  # no finalizer has read it yet: every message waits
+            return (int(await self.r.xlen(keys.FINALIZE_STREAM)), 0)
+        lag = sum(int(g.get("lag") or 0) for g in groups)
+        return (lag, sum(int(g.get("pending") or 0) for g in groups))
 
     async def backlogs(self, models: Iterable[str]) -> dict[str, int]:
         """model -> messages in its stream: acknowledged messages are deleted, so this is what
-        waits or is being worked on (shards and finalizations), as XLEN tells an autoscaler."""
+        waits or is being worked on (its shards), as XLEN tells an autoscaler."""
         names = sorted(set(models))
         pipe = self.r.pipeline(transaction=False)
         for m in names:

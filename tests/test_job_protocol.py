@@ -51,12 +51,15 @@ def _record(
     )
 
 
-def _create(q: JobQueue, job_id: str, n: int = 20) -> JobRecord:
+def _create(q: JobQueue, job_id: str, n: int = 20, limits: Limits = LIMITS) -> JobRecord:
     decoding = DecodingSettings(counterfactual_fraction=0.5)
     plans = shard_plans(item_ids(n), 8, decoding)
     record = _record(job_id, plans, decoding, q.model)
-    assert q.run(protocol.create(record, plans, LIMITS)).outcome == "created"
+    assert q.run(protocol.create(record, plans, limits)).outcome == "created"
     return record
+
+
+MANY = Limits(max_queued_items=10**9, max_active_jobs=10**9)
 
 
 def test_record_hash_round_trip() -> None:
@@ -171,3 +174,81 @@ def test_release_keeps_the_delivery_count(r: redis.Redis) -> None:
     r.xclaim(keys.stream("rel"), keys.GROUP, "w3", 0, [second.id])  # a reclaim spends one
     (third,) = q.reclaim("w3", 0, 1)
     assert third.deliveries == 3
+
+
+def _stale(r: redis.Redis, job_id: str, at: float) -> None:
+    """As if the job had made no progress since `at`."""
+    r.zadd(keys.PROGRESS, {job_id: at})
+    r.hset(keys.job(job_id), mapping={"created_at": repr(at), "updated_at": repr(at)})
+
+
+def test_the_reconciler_reads_only_due_jobs(r: redis.Redis) -> None:
+    """A pass costs what is due, not what is active: 200 healthy jobs, 3 stalled with a lost
+    shard message and 2 past their window; the pass repairs and expires those 5 and reads no
+    other job's record."""
+    from contrail.core.jobs.reconciler import Reconciler
+
+    q = JobQueue(r, "due")
+    healthy = [_create(q, f"job_ok{i:03d}", n=8, limits=MANY) for i in range(200)]
+    stalled = [_create(q, f"job_st{i}", n=8, limits=MANY) for i in range(3)]
+    expired = [_create(q, f"job_ex{i}", n=8, limits=MANY) for i in range(2)]
+    now = time.time()
+    for record in stalled:
+        _stale(r, record.id, now - 1000)
+        (mid,) = [m for m, f in r.xrange(keys.stream("due")) if f["job_id"] == record.id]
+        r.xdel(keys.stream("due"), mid)
+    for record in expired:
+        r.zadd(keys.ACTIVE_JOBS, {record.id: now - 1})
+        r.hset(keys.job(record.id), "expires_at", repr(now - 1))
+    reconciler = Reconciler(r, None, owner="t-due", stall_s=120)
+    reconciler.run_once()  # the first pass also indexes jobs of an older release (none here)
+    for record in stalled:
+        _stale(r, record.id, now - 1000)
+        (mid,) = [m for m, f in r.xrange(keys.stream("due")) if f["job_id"] == record.id]
+        r.xdel(keys.stream("due"), mid)  # lost again, for the measured pass
+    before = r.info("commandstats")
+    report = reconciler.run_once(now)
+    after = r.info("commandstats")
+    assert sorted(report.requeued_shards) == sorted(s.id for s in stalled)
+    reads = after["cmdstat_hgetall"]["calls"] - before["cmdstat_hgetall"]["calls"]
+    # each stalled job's record and its counted shards, and the records of the 2 jobs frozen
+    # past their window (due until finalized); a full walk would read all 205 records
+    assert reads <= 2 * len(stalled) + len(expired) < len(healthy)
+    assert not report.expired  # frozen by the first pass already
+    assert {q.job(e.id).status for e in expired} == {JobStatus.FINALIZING}  # type: ignore[union-attr]
+    reconciler.resign()
+
+
+def test_jobs_of_an_older_release_join_the_progress_index(r: redis.Redis) -> None:
+    from contrail.core.jobs.reconciler import Reconciler
+
+    q = JobQueue(r, "old")
+    record = _create(q, "job_old", n=8, limits=MANY)
+    _stale(r, record.id, time.time() - 1000)
+    r.zrem(keys.PROGRESS, record.id)  # created before the index existed
+    r.delete(keys.stream("old"))  # and its shard message lost
+    q.ensure_group()
+    reconciler = Reconciler(r, None, owner="t-old", stall_s=120)
+    report = reconciler.run_once()
+    reconciler.resign()
+    assert report.requeued_shards == {record.id: [0]}
+    assert r.zscore(keys.PROGRESS, record.id) is not None
+
+
+def test_progress_is_indexed_until_the_job_ends(r: redis.Redis) -> None:
+    q = JobQueue(r, "prog")
+    record = _create(q, "job_prog", n=8, limits=MANY)
+    created = r.zscore(keys.PROGRESS, record.id)
+    assert created == pytest.approx(record.created_at)
+    time.sleep(0.01)
+    (m,) = [m for m in q.read("w", 10, None) if m.job_id == record.id]
+    outcome = ShardOutcome(shard=m.shard, attempt="a", completed=m.rationales, failed=0)
+    assert q.run(protocol.count_shard(record.id, "prog", outcome, m.id, time.time())).outcome == (
+        "last"
+    )
+    counted = r.zscore(keys.PROGRESS, record.id)
+    assert counted is not None and created is not None and counted > created
+    frozen = q.job(record.id)
+    assert frozen is not None
+    q.run(protocol.finish(frozen, JobStatus.COMPLETED, time.time(), 60))
+    assert r.zscore(keys.PROGRESS, record.id) is None

@@ -9,6 +9,9 @@ contrail:job:<job_id>:shards          hash   shard index -> "<items> <rationales
 contrail:job:<job_id>:poison:<shard>  hash   a redelivered shard's poison ledger: the item in
                                              flight, the items set aside (worker/poison.py; TTL)
 contrail:jobs:active                  zset   non-terminal job ids -> expiry time (reconciler)
+contrail:jobs:progress                zset   non-terminal job ids -> time of their last progress
+                                             (created, a shard counted, frozen): the
+                                             reconciler reads only the jobs stalled for long
 contrail:jobs:pending_inputs          zset   job ids whose inline input is being written -> time
                                              (outbox: the reconciler removes orphaned inputs)
 contrail:file:<file_id>               hash   uploaded file record
@@ -48,6 +51,7 @@ WORKERS = f"{PREFIX}:workers"
 STATS = f"{PREFIX}:stats"
 JOB_SECONDS = f"{PREFIX}:stats:job_seconds"
 ACTIVE_JOBS = f"{PREFIX}:jobs:active"
+PROGRESS = f"{PREFIX}:jobs:progress"
 PENDING_INPUTS = f"{PREFIX}:jobs:pending_inputs"
 RECONCILER = f"{PREFIX}:reconciler"
 MODELS = f"{PREFIX}:models"

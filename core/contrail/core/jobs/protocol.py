@@ -117,6 +117,7 @@ def create(
             keys.PENDING_INPUTS,
             keys.file(record.input_file_id or ""),
             keys.MODELS,
+            keys.PROGRESS,
         ],
         args,
         lambda reply: Created(*_pair(reply)),  # type: ignore[arg-type]
@@ -170,6 +171,7 @@ def count_shard(
             keys.stream(model),
             keys.dead(model),
             keys.FINALIZE_STREAM,
+            keys.PROGRESS,
         ],
         [
             job_id,
@@ -233,7 +235,7 @@ def freeze(
         raise ValueError(f"{target} is not a frozen status")
     return Call(
         "freeze",
-        [keys.job(job_id), keys.FINALIZE_STREAM],
+        [keys.job(job_id), keys.FINALIZE_STREAM, keys.PROGRESS],
         [
             job_id,
             states.csv(states.sources_of(target)),
@@ -282,6 +284,7 @@ def finish(
             keys.JOB_SECONDS,
             keys.FINALIZE_STREAM,
             keys.dead(record.model),
+            keys.PROGRESS,
         ],
         [
             record.id,

@@ -1,7 +1,9 @@
 """The reconciler: makes sure every non-terminal job keeps moving toward a terminal state.
 
 It runs in the API and in every worker (a background thread each); a leader lease in Redis lets
-one of them act at a time. Each pass:
+one of them act at a time. A pass reads only the jobs that are due, from two indexes kept by the
+protocol's scripts: `jobs:active` by expiry time and `jobs:progress` by the time of last progress,
+so its cost follows the due jobs, not the active ones. Each pass:
 
 - expires jobs whose completion window is over (they finalize as `expired`, keeping the
   rationales finished so far);
@@ -61,6 +63,7 @@ class Reconciler:
         self.stall_s = stall_s
         self.lease_s = lease_s
         self.pending_input_ttl_s = pending_input_ttl_s
+        self._indexed = False  # jobs of an older release joined the progress index
 
     # ------------------------------------------------------------------ leadership
     def lead(self) -> bool:
@@ -86,11 +89,14 @@ class Reconciler:
             return report
         report.led = True
         now = time.time() if now is None else now
+        if not self._indexed:
+            self._index_older_jobs()
         stalled: list[JobRecord] = []
-        for job_id in [text(i) for i in self.r.zrange(keys.ACTIVE_JOBS, 0, -1)]:
+        for job_id in self._due(now):
             raw = self.r.hgetall(keys.job(job_id))
             if not raw:
                 self.r.zrem(keys.ACTIVE_JOBS, job_id)
+                self.r.zrem(keys.PROGRESS, job_id)
                 continue
             record = JobRecord.from_hash(raw)
             if record.status is JobStatus.IN_PROGRESS and now >= record.expires_at:
@@ -100,6 +106,25 @@ class Reconciler:
         self._repair(stalled, report)
         self._remove_orphan_inputs(now, report)
         return report
+
+    def _due(self, now: float) -> list[str]:
+        """Jobs past their expiry time, and jobs without progress for `stall_s` (a job's record
+        decides what is done with it)."""
+        expired = self.r.zrangebyscore(keys.ACTIVE_JOBS, "-inf", now)
+        stalled = self.r.zrangebyscore(keys.PROGRESS, "-inf", now - self.stall_s)
+        return sorted({text(i) for i in [*expired, *stalled]})
+
+    def _index_older_jobs(self) -> None:
+        """Once per reconciler: active jobs created before the progress index existed join it
+        at their last progress (NX: a fresher entry a script wrote meanwhile wins)."""
+        for job_id, _ in self.r.zscan_iter(keys.ACTIVE_JOBS, count=1000):
+            if self.r.zscore(keys.PROGRESS, job_id) is not None:
+                continue
+            raw = self.r.hmget(keys.job(text(job_id)), ["updated_at", "frozen_at", "created_at"])
+            times = [float(text(t)) for t in raw if t is not None and text(t)]
+            if times:
+                self.r.zadd(keys.PROGRESS, {text(job_id): max(times)}, nx=True)
+        self._indexed = True
 
     def _stalled(self, record: JobRecord, now: float) -> bool:
         if record.status not in states.NON_TERMINAL:

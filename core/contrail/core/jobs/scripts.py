@@ -33,16 +33,17 @@ local function queue_finalize(job, stream, job_id)
   end
 end
 -- Leave in_progress: the counted shards are fixed from here on; finalization is queued
--- (`stream` is the finalize stream).
-local function freeze(job, stream, job_id, status, finalize_as, now)
+-- (`stream` is the finalize stream; `progress` the reconciler's index of last progress).
+local function freeze(job, stream, progress, job_id, status, finalize_as, now)
   redis.call('HSET', job, 'status', status, status .. '_at', now, 'frozen_at', now,
              'finalize_as', finalize_as, 'updated_at', now)
+  redis.call('ZADD', progress, now, job_id)
   queue_finalize(job, stream, job_id)
 end
 """
 
 # KEYS: job, tenant jobs, tenant queued, tenant active, seq, stream, active jobs, job shards,
-#       idempotency key, file jobs, pending inputs, file, models
+#       idempotency key, file jobs, pending inputs, file, models, progress
 # ARGV: job id, items, max queued, max active, idempotency value ('' = none), idempotency ttl,
 #       body digest, expires at, uses file (0/1), n fields, field, value, ...,
 #       then per shard: items, rationales
@@ -85,6 +86,7 @@ redis.pcall('XGROUP', 'CREATE', KEYS[6], '__GROUP__', '0', 'MKSTREAM')
 -- The model joins the set /metrics reads queue depths from (no keyspace scan).
 for i = 11, 10 + 2 * nf, 2 do
   if ARGV[i] == 'model' then redis.call('SADD', KEYS[13], ARGV[i + 1]) end
+  if ARGV[i] == 'created_at' then redis.call('ZADD', KEYS[14], ARGV[i + 1], job_id) end
 end
 local shard = 0
 for i = 11 + 2 * nf, #ARGV, 2 do
@@ -98,7 +100,7 @@ return {'created', tostring(seq)}
 """
 ).replace("__GROUP__", GROUP)
 
-# KEYS: job, done, stats, stream, dead stream, finalize stream
+# KEYS: job, done, stats, stream, dead stream, finalize stream, progress
 # ARGV: job id, shard, attempt, completed, failed, prompt tokens, completion tokens,
 #       engine seconds, continuations, message id ('' = none), group, now,
 #       dead-letter reason ('' = a normal result), dead-letter message fields as JSON
@@ -132,6 +134,7 @@ redis.call('HINCRBY', job, 'prompt_tokens', ARGV[6])
 redis.call('HINCRBY', job, 'completion_tokens', ARGV[7])
 redis.call('HINCRBYFLOAT', job, 'engine_seconds', ARGV[8])
 redis.call('HSET', job, 'updated_at', now)
+redis.call('ZADD', KEYS[7], now, job_id)
 local n = redis.call('HINCRBY', job, 'shards_done', 1)
 redis.call('HINCRBY', stats, 'items_completed', ARGV[4])
 redis.call('HINCRBY', stats, 'items_failed', ARGV[5])
@@ -147,14 +150,14 @@ if ARGV[13] ~= '' then
 end
 ack(stream, ARGV[11], ARGV[10])
 if n >= tonumber(redis.call('HGET', job, 'shards')) then
-  freeze(job, KEYS[6], job_id, 'finalizing', 'completed', now)
+  freeze(job, KEYS[6], KEYS[7], job_id, 'finalizing', 'completed', now)
   return {'last', ''}
 end
 return {'counted', ''}
 """
 )
 
-# KEYS: job, finalize stream
+# KEYS: job, finalize stream, progress
 # ARGV: job id, allowed source statuses (csv), new status, finalize_as, now,
 #       not before (freeze only when now >= the job's expires_at; '' = always)
 # Reply: {'frozen', previous status} | {'unchanged', current status ('' when missing)}
@@ -168,13 +171,13 @@ if ARGV[6] ~= '' then
   local expires = tonumber(redis.call('HGET', KEYS[1], 'expires_at') or '0')
   if tonumber(ARGV[5]) < expires then return {'unchanged', status} end
 end
-freeze(KEYS[1], KEYS[2], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
+freeze(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[3], ARGV[4], ARGV[5])
 return {'frozen', status}
 """
 )
 
 # KEYS: job, tenant queued, tenant active, active jobs, file jobs, done, shards, stats,
-#       job seconds histogram, finalize stream, dead stream
+#       job seconds histogram, finalize stream, dead stream, progress
 # ARGV: job id, allowed source statuses (csv), final status, now, retention seconds (0 = keep),
 #       error ('' = none), message id to acknowledge ('' = none), group,
 #       dead-letter reason ('' = none), histogram bucket bounds (csv)
@@ -197,6 +200,7 @@ local items = tonumber(redis.call('HGET', job, 'items') or '0')
 if redis.call('DECRBY', KEYS[2], items) < 0 then redis.call('SET', KEYS[2], 0) end
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[12], ARGV[1])
 redis.call('SREM', KEYS[5], ARGV[1])
 local retention = tonumber(ARGV[5])
 if retention > 0 then

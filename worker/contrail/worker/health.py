@@ -16,7 +16,8 @@ HEALTHY, NO_WORKER, REDIS_DOWN = 0, 1, 2
 
 def check(settings: WorkerSettings, *, finalizer: bool = False) -> int:
     """0: a live worker of this host announces the configured model (a finalizer: a live
-    finalizer of this host is registered); 1: none does; 2: Redis cannot be reached."""
+    finalizer of this host is registered) and its engine is not stalled past engine_stall_s;
+    1: none does; 2: Redis cannot be reached."""
     r = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
     host = socket.gethostname()
     try:
@@ -29,6 +30,8 @@ def check(settings: WorkerSettings, *, finalizer: bool = False) -> int:
         role = w.get("role", keys.DECODE)
         if w.get("host") != host or (role == keys.FINALIZER) != finalizer:
             continue
+        if float(w.get("engine_stalled_s") or 0) >= settings.engine_stall_s:
+            continue  # the watchdog's signal: the worker is about to exit, or cannot
         if finalizer or w.get("model") == settings.model_id:
             return HEALTHY
     return NO_WORKER

@@ -15,6 +15,9 @@ cleanly. One loop, two roles:
 - SIGTERM/SIGINT: stop reading, finish the wave in hand (the heartbeat keeps running), exit 0.
   If the wave outlasts `shutdown_grace_s`, or on a second signal, the messages in hand are given
   back to the queue without spending a delivery, and the process exits 0.
+- Watchdog (`contrail.worker.watchdog`): before each beat the heartbeat asks whether the engine
+  has been inside a call without a decoding step for `engine_stall_s`; if so, the worker gives
+  its messages back (a delivery spent), says why and exits with status 75 (EX_TEMPFAIL).
 - A failure while processing never strands messages: those still in hand stop being touched, so
   they go idle and are redelivered (spending a delivery; enough failures dead-letter them).
 - The reconciler (`contrail.core.jobs.reconciler`) runs in a thread of every worker too.
@@ -43,6 +46,7 @@ from contrail.worker.poison import clear_in_flight
 from contrail.worker.resilience import Abandoned, RedisGuard
 from contrail.worker.settings import WorkerSettings
 from contrail.worker.shards import ShardProcessor
+from contrail.worker.watchdog import EXIT_ENGINE_STALLED, WatchedEngine
 
 log = logging.getLogger("contrail.worker")
 
@@ -108,6 +112,8 @@ class Worker:
     def startup(self) -> None:
         if self.engine is None and self.role == keys.DECODE:
             self.engine = make_engine(self.s)
+        if self.engine is not None and not isinstance(self.engine, WatchedEngine):
+            self.engine = WatchedEngine(self.engine)
         self.guard.call(self.queue.ensure_group)
         self.guard.call(self._beat)
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat")
@@ -161,18 +167,20 @@ class Worker:
         if self.engine is not None:
             self.engine.close()
 
-    def release(self) -> None:
+    def release(self, *, spend: bool = False) -> None:
         """Give the messages in hand back to the queue without spending a delivery (and clear
-        their poison marks: a stop on purpose is not an item's doing)."""
+        their poison marks: a stop on purpose is not an item's doing). `spend`: the delivery
+        counts and the poison marks stay (the engine stalled on them)."""
         with self._lock:
             ids = sorted(self.in_hand)
             held = [(m.job_id, m.shard) for m in self.in_hand.values() if m.kind == "shard"]
         if not ids:
             return
-        with contextlib.suppress(redis.RedisError):
-            clear_in_flight(self.r, held)
+        if not spend:
+            with contextlib.suppress(redis.RedisError):
+                clear_in_flight(self.r, held)
         try:
-            n = self.queue.run(protocol.release(self.queue.stream, ids))
+            n = self.queue.run(protocol.release(self.queue.stream, ids, spend=spend))
             log.info("gave %d message(s) back to the queue", n)
         except redis.RedisError as exc:  # they go idle and are reclaimed instead
             log.warning("could not give back %d message(s): %s", len(ids), exc)
@@ -208,6 +216,8 @@ class Worker:
         info: dict[str, str | int] = {
             "pid": os.getpid(),
             "engine": self.s.engine if self.role == keys.DECODE else "none",
+            # what the health check (the liveness probe) reads: the watchdog's own signal
+            "engine_stalled_s": f"{self._stalled_s():.1f}",
             "waves": self.waves,
             "in_hand": len(ids),
             "beat_at": f"{time.time():.3f}",
@@ -215,14 +225,39 @@ class Worker:
         self.queue.announce(self.id, info, self.s.heartbeat_ttl_s)
         self.queue.touch(self.id, ids, self.s.claim_idle_ms // 2)
 
+    def _stalled_s(self) -> float:
+        return self.engine.stalled_for() if isinstance(self.engine, WatchedEngine) else 0.0
+
     def _heartbeat_loop(self) -> None:
         while not self.exiting.wait(self.s.heartbeat_interval_s):
+            stalled = self._stalled_s()
+            if stalled >= self.s.engine_stall_s:
+                self._engine_stalled(stalled)
             try:
                 self._beat()
                 self.guard.mark_up()
             except Exception as exc:  # never let the heartbeat die: the worker would vanish
                 self.guard.note_failure()
                 log.warning("heartbeat failed: %s", exc)
+
+    def _engine_stalled(self, seconds: float) -> None:
+        """The engine is hung inside a call (the main thread with it): give the work back,
+        spending its delivery, leave the registry and exit non-zero from this thread."""
+        log.error(
+            "engine stalled: no decoding step for %.0f s (CONTRAIL_ENGINE_STALL_S=%g); giving "
+            "back %d message(s) and exiting with status %d",
+            seconds,
+            self.s.engine_stall_s,
+            len(self.in_hand),
+            EXIT_ENGINE_STALLED,
+        )
+        self.exiting.set()
+        with contextlib.suppress(Exception):
+            self.release(spend=True)
+        with contextlib.suppress(Exception):
+            self.queue.retire(self.id)
+        logging.shutdown()
+        os._exit(EXIT_ENGINE_STALLED)
 
     # ------------------------------------------------------------------ reading
     def fetch(self) -> list[QueueMessage]:

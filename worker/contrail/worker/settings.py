@@ -39,6 +39,13 @@ class WorkerSettings(CommonSettings):
         description="After SIGTERM, seconds to finish the wave in hand before giving its "
         "shards back to the queue (without spending a delivery) and exiting.",
     )
+    engine_stall_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A worker whose engine is inside a call without a decoding step for this "
+        "long gives its shards back (a delivery spent), exits with status 75 and says why "
+        "(contrail.worker.watchdog).",
+    )
     storage_retry_s: float = Field(
         default=600.0,
         ge=0,

@@ -19,6 +19,9 @@ EXIT_USAGE = 2
 EXIT_JOB_NOT_COMPLETED = 3
 EXIT_WAIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
+# `contrail serve worker` only: its engine stalled (no decoding step for CONTRAIL_ENGINE_STALL_S);
+# it gave its shards back. EX_TEMPFAIL of sysexits.h: a restart is the remedy.
+EXIT_ENGINE_STALLED = 75
 
 
 class UsageError(Exception):

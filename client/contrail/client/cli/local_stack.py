@@ -32,7 +32,14 @@ from typing import NoReturn
 import httpx
 
 from contrail.client._base import ENV_API_KEY, ENV_BASE_URL
-from contrail.client.cli.base import EXIT_OK, CommandFailed, UsageError, err, lazy
+from contrail.client.cli.base import (
+    EXIT_ENGINE_STALLED,
+    EXIT_OK,
+    CommandFailed,
+    UsageError,
+    err,
+    lazy,
+)
 from contrail.client.cli.plugins import CommandRegistry
 from contrail.client.jobs import DEFAULT_MODEL
 
@@ -147,7 +154,11 @@ class LocalStack:
     def _restart(self, proc: _Proc, code: int) -> bool:
         now = time.monotonic()
         if proc.restart_at is None:
-            why = " (killed: out of memory, or kill -9)" if code == -signal.SIGKILL else ""
+            why = {
+                -signal.SIGKILL: " (killed: out of memory, or kill -9)",
+                EXIT_ENGINE_STALLED: " (its engine stalled: no decoding step for "
+                "CONTRAIL_ENGINE_STALL_S; it gave its shards back)",
+            }.get(code, "")
             print(
                 f"{proc.name} (pid {proc.popen.pid}) exited with code {code}{why}; restarting "
                 f"in {proc.backoff_s:.0f}s (log {proc.log}):\n{_tail(proc.log, 5)}",

@@ -305,10 +305,10 @@ def finish(
 # ------------------------------------------------------------------------------------ queue
 
 
-def release(stream: str, message_ids: Sequence[str]) -> Call[int]:
+def release(stream: str, message_ids: Sequence[str], *, spend: bool = False) -> Call[int]:
     """Give messages back to their stream (a model's or the finalize stream) without spending a
-    delivery."""
-    return Call("release", [stream], [keys.GROUP, *message_ids], int)
+    delivery (`spend`: this delivery counts, as when a worker dies holding them)."""
+    return Call("release", [stream], [keys.GROUP, "1" if spend else "0", *message_ids], int)
 
 
 def requeue(job_id: str, model: str, shards: Sequence[int], finalize: bool) -> Call[int]:

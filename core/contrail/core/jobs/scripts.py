@@ -226,15 +226,18 @@ return {'finished', final}
 )
 
 # KEYS: stream
-# ARGV: group, message id, ...
-# Gives messages back to the queue without spending a delivery: each is re-added at the end of
-# the stream with `prior_deliveries` carrying the deliveries it had before this one.
+# ARGV: group, spend ('1': this delivery counts, as if the worker had died), message id, ...
+# Gives messages back to the queue, by default without spending a delivery: each is re-added at
+# the end of the stream with `prior_deliveries` carrying the deliveries it had before this one
+# (and this one too when spent).
 # Reply: number of messages given back.
 RELEASE: Final = (
     _PRELUDE
     + """
 local n = 0
-for i = 2, #ARGV do
+local spent = 0
+if ARGV[2] == '1' then spent = 1 end
+for i = 3, #ARGV do
   local id = ARGV[i]
   local entries = redis.call('XRANGE', KEYS[1], id, id)
   if #entries == 1 then
@@ -251,7 +254,7 @@ for i = 2, #ARGV do
       end
     end
     out[#out + 1] = 'prior_deliveries'
-    out[#out + 1] = tostring(prior + delivered - 1)
+    out[#out + 1] = tostring(prior + delivered - 1 + spent)
     ack(KEYS[1], ARGV[1], id)
     redis.call('XADD', KEYS[1], '*', unpack(out))
     n = n + 1

@@ -27,6 +27,7 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from contrail.worker.engine.lockstep import ABORT_CODE, VALID_CODE
+from contrail.worker.engine.progress import STEPS
 from contrail.worker.engine.scoring import contrastive_choice
 from contrail.worker.engine.stopping import Action, StopRule, token_texts
 
@@ -167,6 +168,7 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
         return _Layout(num_rows, lone, pairs, _PairTensors.build(pairs, device))
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        STEPS.tick()  # the worker's progress watchdog reads it (in-process engine only)
         if not self._rows:
             return logits
         num_rows = int(logits.shape[0])

@@ -40,6 +40,7 @@ from contrail.worker.engine.base import (
     EngineStats,
     prompt_char_bound,
 )
+from contrail.worker.engine.progress import STEPS
 from contrail.worker.engine.scoring import contrastive_choice
 from contrail.worker.engine.stopping import Action, StopRule, finalize_text, token_texts
 from contrail.worker.models import DEFAULT_MODEL, ModelSpec, resolve_model
@@ -293,6 +294,7 @@ class ReferenceEngine(Engine):
 
         active = list(range(len(jobs)))  # indices into jobs, in row order
         while active:
+            STEPS.tick()  # the worker's progress watchdog reads it
             chosen, plain = self._choose(jobs, active, row_of, logits)
             next_tokens: dict[int, int] = {}
             for j in active:

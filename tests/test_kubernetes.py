@@ -464,6 +464,11 @@ def test_worker_probes_as_the_manifests_run_them() -> None:
         JobQueue(client, model).retire("w-probe")  # heartbeat gone (this pool's model)
         assert probe(liveness, server.url, model) != 0
         JobQueue(client, model).announce("w-probe", {}, ttl_s=60)
+        assert probe(liveness, server.url, model) == 0
+        # the watchdog's signal: a heartbeat that reports its engine stalled past the limit
+        JobQueue(client, model).announce("w-probe", {"engine_stalled_s": "301.0"}, ttl_s=60)
+        assert probe(liveness, server.url, model) != 0
+        JobQueue(client, model).announce("w-probe", {"engine_stalled_s": "0.0"}, ttl_s=60)
         client.close()
         url = server.url
     # Redis is gone now: the healthcheck says so, and liveness does not restart the worker.

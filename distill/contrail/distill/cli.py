@@ -13,6 +13,7 @@ from pathlib import Path
 from contrail.client.cli.base import UsageError, lazy
 from contrail.client.cli.options import make_client
 from contrail.client.cli.plugins import CommandRegistry
+from contrail.client.jobs import DEFAULT_MODEL
 from contrail.distill.options import add_export_arguments, add_simulator_arguments
 
 
@@ -106,7 +107,7 @@ def _dataset_or_job(args: argparse.Namespace, stack: contextlib.ExitStack, prefi
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset .jsonl/.parquet file or a finished job's id")
     p.add_argument("--out-dir", type=Path, required=True, help="the run folder")
-    p.add_argument("--model", default="smollm2-135m", help="student: name, folder or Hub id")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="student: name, folder or Hub id")
     p.add_argument("--objective", choices=["scott", "factual", "answer"], default="scott")
     p.add_argument("--alpha", type=float, default=0.5, help="counterfactual weight (scott)")
     p.add_argument("--learning-rate", type=float, default=3e-5)

@@ -49,6 +49,7 @@ from pydantic import BaseModel, Field
 from contrail.client.types import RationaleRecord, TaskName
 from contrail.core.signals import answer_options
 from contrail.core.tasks.prompts import CHOICES_HEADER, format_choices, shows_choices
+from contrail.distill.options import DEFAULT_SIMULATOR
 
 Condition = Literal["qr", "q", "r"]
 CONDITIONS: Final[tuple[Condition, ...]] = ("qr", "q", "r")
@@ -465,14 +466,15 @@ def render_context(inp: SimInput) -> str:
 class LikelihoodSimulator:
     """Scores " <option>" after `render_context` by its summed log-probability under a causal LM.
 
-    `model` is a name known to `contrail.worker.models.resolve_model` (default "smollm2-135m",
-    "tiny") or a local Hugging Face folder. Scores are cached by (prompt, options), so the
-    question-only condition is computed once across datasets that share items.
+    `model` is a name known to `contrail.worker.models.resolve_model` (default
+    `DEFAULT_SIMULATOR`, or "tiny") or a local Hugging Face folder. Scores are cached by
+    (prompt, options), so the question-only condition is computed once across datasets that
+    share items.
     """
 
     def __init__(
         self,
-        model: str = "smollm2-135m",
+        model: str = DEFAULT_SIMULATOR,
         *,
         cache_dir: str | Path | None = None,
         max_batch_tokens: int = 4096,

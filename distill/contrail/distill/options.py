@@ -11,6 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Final, Literal
 
+# The LAS simulator's reader: the model and layer the committed heads were trained on. Every
+# default of a simulator, of manifest LAS and of the CLI takes them from here.
+DEFAULT_SIMULATOR: Final = "smollm2-135m"
 DEFAULT_LAYER: Final = 16
 DEFAULT_FOLDS: Final = 5
 Training = Literal["auto", "head", "cross-fit"]  # the `--simulator-training` choices
@@ -24,7 +27,7 @@ def add_simulator_arguments(p: argparse.ArgumentParser) -> None:
     `contrail eval` command."""
     p.add_argument("--no-las", action="store_true", help="cheap signals only (no model)")
     p.add_argument(
-        "--simulator", default="smollm2-135m", help="simulator language model: name or folder"
+        "--simulator", default=DEFAULT_SIMULATOR, help="simulator language model: name or folder"
     )
     p.add_argument(
         "--simulator-kind",

@@ -52,7 +52,13 @@ from contrail.distill.las import (
     sim_inputs,
     token_batches,
 )
-from contrail.distill.options import DEFAULT_FOLDS, DEFAULT_LAYER, TRAININGS, Training
+from contrail.distill.options import (
+    DEFAULT_FOLDS,
+    DEFAULT_LAYER,
+    DEFAULT_SIMULATOR,
+    TRAININGS,
+    Training,
+)
 
 DEFAULT_C: Final = 0.001
 MIN_TRAIN_RECORDS: Final = 20
@@ -93,7 +99,7 @@ class HiddenStateEncoder:
 
     def __init__(
         self,
-        model: str = "smollm2-135m",
+        model: str = DEFAULT_SIMULATOR,
         *,
         layer: int = DEFAULT_LAYER,
         cache_dir: str | Path | None = None,
@@ -229,7 +235,7 @@ class TrainedSimulator:
 
     def __init__(
         self,
-        model: str = "smollm2-135m",
+        model: str = DEFAULT_SIMULATOR,
         *,
         layer: int = DEFAULT_LAYER,
         c: float = DEFAULT_C,

@@ -33,6 +33,7 @@ from contrail.core.jobs.record import JobRecord
 from contrail.core.signals import record_signals
 from contrail.core.storage import Storage, dataset_keys, shard_output_keys
 from contrail.distill.export import load_records
+from contrail.distill.options import DEFAULT_LAYER, DEFAULT_SIMULATOR
 from contrail.distill.report import QualityTotals
 from contrail.worker.dataset_writer import DatasetWriter
 from contrail.worker.item_errors import FINALIZE_FAILED
@@ -62,7 +63,7 @@ class Finalizer:
         self.scratch_dir = scratch_dir
         # The simulator for jobs that ask for LAS (default: SmolLM2-135M layer 16, the reader
         # the committed heads were trained on).
-        self.las_reader = las_reader or LasReader("smollm2-135m", 16, None)
+        self.las_reader = las_reader or LasReader(DEFAULT_SIMULATOR, DEFAULT_LAYER, None)
 
     def process(self, msg: QueueMessage) -> None:
         """Handle one finalize message (acknowledged by the terminal transition)."""

@@ -33,10 +33,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from contrail.client.jobs import DEFAULT_MODEL as DEFAULT_MODEL  # the one source of the name
 from contrail.worker.hub import fetch, parse_hub_id
 from contrail.worker.hub import resolve as resolve_hub
 
-DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny"
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

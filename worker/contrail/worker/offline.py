@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from contrail.client.jobs import DEFAULT_MODEL
 from contrail.client.types import DecodingSettings, Demonstration, ItemError, TaskName
 from contrail.core.tasks.formats import load_items
 from contrail.worker import pipeline
@@ -45,7 +46,7 @@ def run_generate(
     settings: DecodingSettings,
     *,
     fmt: str | None = None,
-    model: str = "smollm2-135m",
+    model: str = DEFAULT_MODEL,
     engine: EngineKind | Engine = "auto",
     demonstrations: Sequence[Demonstration] | None = None,
     limit: int | None = None,

@@ -8,14 +8,16 @@ from typing import Literal
 
 from pydantic import Field
 
+from contrail.client.jobs import DEFAULT_MODEL
 from contrail.core.settings import CommonSettings
+from contrail.distill.options import DEFAULT_LAYER, DEFAULT_SIMULATOR
 
 
 class WorkerSettings(CommonSettings):
     """The teacher a worker serves, its engine, and how it reads the queue."""
 
     model: str = Field(
-        default="smollm2-135m",
+        default=DEFAULT_MODEL,
         description="The teacher: smollm2-135m, tiny, a Hugging Face Hub id (org/name, "
         "optionally @revision) or a local model folder.",
     )
@@ -53,12 +55,12 @@ class WorkerSettings(CommonSettings):
         "giving the shards in hand back to the queue.",
     )
     las_simulator: str = Field(
-        default="smollm2-135m",
+        default=DEFAULT_SIMULATOR,
         description="Language model of the LAS simulator, for jobs that ask for LAS "
         "(quality.las): a model name or folder.",
     )
     las_simulator_layer: int = Field(
-        default=16, ge=1, description="Hidden layer the LAS simulator reads."
+        default=DEFAULT_LAYER, ge=1, description="Hidden layer the LAS simulator reads."
     )
     allow_untested_vllm: bool = Field(
         default=False,

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from contrail.client.jobs import DEFAULT_MODEL
 from contrail.client.types import RationaleRecord
 from contrail.distill.export import load_records
 from contrail.distill.student.examples import (
@@ -45,7 +46,7 @@ class TrainConfig(BaseModel):
     """The settings of a run; the defaults are the reference release's (lr 3e-5, batch 16,
     warmup 0.06, clipping 1.0, up to 10 epochs with early stopping on dev loss, a = 0.5)."""
 
-    model: str = Field(default="smollm2-135m", description="student: name, folder or Hub id")
+    model: str = Field(default=DEFAULT_MODEL, description="student: name, folder or Hub id")
     objective: Objective = "scott"
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="counterfactual weight a")
     learning_rate: float = Field(default=3e-5, gt=0)

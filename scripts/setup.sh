@@ -48,8 +48,10 @@ if ! command -v chromium >/dev/null 2>&1; then
     fi
 fi
 
-echo "setup: installing contrail (editable) with service, worker, dev and eval extras"
-"${PIP[@]}" install -q -e ".[service,worker,dev,eval]"
+echo "setup: installing contrail (editable) with service, worker, dev and eval extras (versions from requirements.lock)"
+# The lock's exact versions as constraints: a fresh .venv and an existing one end up alike (pip
+# moves a drifted package to its locked version). Update it with scripts/lock.py --write.
+"${PIP[@]}" install -q -c requirements.lock -e ".[service,worker,dev,eval]"
 # setuptools may leave contrail.egg-info in the repository root; Python started from here would
 # read its (possibly stale) metadata, entry points included, before the installed one.
 rm -rf contrail.egg-info
@@ -63,6 +65,11 @@ from vllm.v1.sample.logits_processor import LogitsProcessor
 import contrail.worker.engine.pair_processor
 "; then
     echo "setup: FAILED: vLLM (or torch/transformers) is installed but does not import; see above" >&2
+    exit 1
+fi
+# The environment must be the lock's (and the lock must satisfy pyproject.toml).
+if ! .venv/bin/python scripts/lock.py --check-env; then
+    echo "setup: FAILED: .venv differs from requirements.lock (see above)" >&2
     exit 1
 fi
 echo "setup: done (.venv)"

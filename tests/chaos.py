@@ -42,6 +42,10 @@ class ChaosPlan:
     # The outages that last minutes (S3, the bench's long Redis outage) first, while every job
     # still has work left; else they fall anywhere in the shuffled schedule.
     long_faults_first: bool = False
+    # Before each fault, when this share of the owed rationales is done, another job is created
+    # so that the fault hits work in progress; a fault that would still begin with nothing left
+    # to do fails the run.
+    top_up_at: float = 0.7
     decoding: dict[str, Any] = field(
         default_factory=lambda: {"max_new_tokens": 48, "counterfactual_fraction": 0.25}
     )
@@ -52,7 +56,9 @@ class ChaosPlan:
 class ChaosReport:
     plan: dict[str, Any]
     faults: list[tuple[float, str]] = field(default_factory=list)
-    progress_at_faults: list[float | None] = field(default_factory=list)
+    progress_at_faults: list[float | None] = field(default_factory=list)  # as each ended
+    progress_at_fault_starts: list[float] = field(default_factory=list)  # as each began: < 1
+    top_ups: int = 0  # jobs created so that a fault would hit work in progress
     jobs: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     rationales_owed: int = 0
@@ -65,7 +71,13 @@ class ChaosReport:
     set_aside_items: int = 0
     lost: int = 0
     duplicated: int = 0
-    twice_decoded: int = 0  # shard attempts finished after another attempt was counted
+    twice_decoded: int = 0  # the product's counter: attempts finished after one was counted
+    # From storage, not the product's counters: every shard attempt's records file left under
+    # jobs/<id>/shards/ (an attempt written by a worker killed before it was counted stays;
+    # one that lost the count to another deletes its own), and how many of those are beyond
+    # one per shard.
+    attempt_files: int = 0
+    extra_attempt_files: int = 0
     skipped_redeliveries: int = 0  # redelivered counted shards acknowledged without decoding
     dead_lettered: int = 0
     shards_counted: int = 0
@@ -116,6 +128,32 @@ class Chaos:
         raise AssertionError("could not create a job within two minutes")
 
     # ------------------------------------------------------------------ faults
+    def _ensure_work(self, n_fault: int) -> None:
+        """Make sure the next fault begins while work remains: top up with a job when most is
+        done, then fail loudly if nothing is left (or progress cannot be read)."""
+        progress = self._progress_soon()
+        if progress >= self.plan.top_up_at:
+            start = 2_000_000 + 10_000 * self.report.top_ups
+            self._create(self.plan.items_per_job, start)
+            self.report.top_ups += 1
+            progress = self._progress_soon()
+        if progress >= 1.0:
+            raise AssertionError(
+                f"fault {n_fault} would begin with all work done (progress {progress}): the "
+                "schedule cannot place it mid-work"
+            )
+        self.report.progress_at_fault_starts.append(progress)
+
+    def _progress_soon(self, timeout_s: float = 60) -> float:
+        """The share done, waiting through a recovering API; an unreadable one fails the run."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            progress = self._progress()
+            if progress is not None:
+                return progress
+            time.sleep(0.5)
+        raise AssertionError(f"the API could not say the jobs' progress for {timeout_s:.0f}s")
+
     def _note(self, what: str) -> None:
         """Record a fault with the share of owed rationales done when it ended (None when the
         API could not say), to show the faults hit running jobs."""
@@ -202,8 +240,9 @@ class Chaos:
         if p.long_faults_first:
             long = {self.s3_outage, *self.extra_faults}
             faults.sort(key=lambda f: f not in long)  # stable: the rest keep their order
-        for fault in faults:
+        for n, fault in enumerate(faults):
             time.sleep(p.interval_s)
+            self._ensure_work(n)
             fault()
         self._wait_terminal(timeout_s)
         return self._count()
@@ -223,6 +262,16 @@ class Chaos:
             time.sleep(0.5)
         if pending:
             raise AssertionError(f"jobs not terminal after {timeout_s}s: {sorted(pending)}")
+
+    def _census(self, job_id: str) -> None:
+        """Count the job's shard attempt files in storage (see ChaosReport.attempt_files)."""
+        storage = self.stack.storage()
+        per_shard: Counter[str] = Counter()
+        for key in storage.list_keys(f"jobs/{job_id}/shards/"):
+            if key.endswith(".jsonl") and not key.endswith(".errors.jsonl"):
+                per_shard[key.rsplit("/", 2)[-2]] += 1
+        self.report.attempt_files += sum(per_shard.values())
+        self.report.extra_attempt_files += sum(k - 1 for k in per_shard.values())
 
     def _count(self) -> ChaosReport:
         rep = self.report
@@ -245,6 +294,7 @@ class Chaos:
                 rep.lost += len(want - set(got) - failed)
                 rep.duplicated += sum(k - 1 for k in got.values() if k > 1)
                 rep.shards_owed += -(-len(ids) // shard_size)
+                self._census(job_id)
         rep.jobs = len(self.jobs)
         counters = stats(self.stack)
         rep.twice_decoded = counters.get("shards_duplicate", 0)

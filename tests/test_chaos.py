@@ -27,10 +27,18 @@ def test_chaos(make_stack: Any, own_s3: SeaweedS3) -> None:
     report = Chaos(stack, own_s3, plan).run(timeout_s=400)
     summary = report.as_dict()
     assert report.statuses == {"completed": report.jobs}, summary
-    assert report.jobs == plan.jobs + plan.late_jobs * plan.api_kills
+    assert report.jobs == plan.jobs + plan.late_jobs * plan.api_kills + report.top_ups
+    # every fault began while work remained (the run fails loudly otherwise)
+    faults = plan.worker_kills + plan.redis_crashes + plan.s3_outages + plan.api_kills
+    assert len(report.progress_at_fault_starts) == faults, summary
+    assert all(p < 1.0 for p in report.progress_at_fault_starts), summary
     assert report.jobs_listed == report.jobs, summary  # no creation doubled by the API crash
     assert report.lost == 0 and report.duplicated == 0, summary
     assert report.twice_decoded == 0, summary
+    # from storage: one attempt file per shard, and those of workers killed before their
+    # attempt was counted (never more than the kills)
+    assert report.attempt_files - report.extra_attempt_files == report.shards_owed, summary
+    assert report.extra_attempt_files <= plan.worker_kills, summary
     assert report.dead_lettered == 0 and report.item_errors == 0, summary
     # A kill that lands on a redelivered shard's isolated item sets that item aside (the
     # poison-item rule); never more items than kills.

@@ -397,6 +397,17 @@ def test_the_worker_refuses_async_scheduling_and_model_runner_v2(
         make_engine(settings.model_copy(update={"engine_options": {}}))
 
 
+def test_an_engine_whose_processor_is_not_applied_refuses_to_serve(tiny_model_path: Path) -> None:
+    """The start-up self-check decodes one known pair: with the pair processor dropped (here by
+    an `extra` option, as a user's CONTRAIL_ENGINE_OPTIONS could), the members do not come back
+    in lockstep with the processor's code, and the engine refuses before serving."""
+    options = VllmOptions(
+        kv_cache_bytes=64 * 1024**2, enforce_eager=True, extra={"logits_processors": []}
+    )
+    with pytest.raises(EngineMisconfigured, match="self-check failed"):
+        VllmPairEngine(str(tiny_model_path), options=options)
+
+
 def test_the_running_engine_is_v1_synchronous_and_counts_real_blocks(
     tiny_vllm: VllmPairEngine,
 ) -> None:

@@ -169,6 +169,26 @@ class VllmPairEngine(Engine):
         self._max_batched = int(config.scheduler_config.max_num_batched_tokens)
         self._eos = self._eos_id()
         self.stats = EngineStats()
+        self._self_check()
+        self.stats = EngineStats()  # the check is not work
+
+    def _self_check(self) -> None:
+        """Before serving, one known pair through one wave: both members must come back with
+        the same tokens, every one carrying the processor's VALID code. That holds only when
+        the pair processor is attached, runs at every step, and sees the pair's two rows
+        together; anything else (a processor dropped by an option, a runner that bypasses it,
+        rows it cannot pair) refuses to serve here, before a tenant's job is decoded wrong."""
+        settings = ContrastSettings(max_new_tokens=4, stop=())
+        pos, neg = "Q: Is water wet?\nA: yes, because", "Q: Is water wet?\nA: no, because"
+        request = DecodeRequest("contrail-self-check", pos, neg, settings)
+        pair = _Pair(0, request, self._encode(pos), self._encode(neg))
+        ((_, result),) = self._run_wave([pair])
+        if result is None or result.finish_reason is FinishReason.ERROR:
+            raise EngineMisconfigured(
+                "self-check failed: a pair's two members did not decode in lockstep with the "
+                "pair processor's VALID code, so the processor is not attached, not called at "
+                "every step, or cannot pair its rows (check CONTRAIL_ENGINE_OPTIONS `extra`)"
+            )
 
     def _eos_id(self) -> int:
         eos = self.tokenizer.eos_token_id

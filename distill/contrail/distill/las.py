@@ -558,17 +558,13 @@ class LikelihoodSimulator:
         """One forward pass over left-padded sequences, keeping only the logits it needs (the
         last `max continuation + 1` positions): the LM head and log-softmax over a 49k vocabulary
         at every position would otherwise cost as much as the rest of the model."""
+        from contrail.worker.lm_batches import left_padded  # torch: imported on first use
+
         torch = self._torch
         pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
         seqs = [ctx + cont for _, _, ctx, cont in batch]
-        width = max(len(seq) for seq in seqs)
         keep = max(len(cont) for _, _, _, cont in batch) + 1
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, seq in enumerate(seqs):
-            ids[i, width - len(seq) :] = torch.tensor(seq)
-            mask[i, width - len(seq) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(seqs, pad)
         with torch.inference_mode():
             logits = self._model(
                 input_ids=ids.to(self._device),

@@ -154,15 +154,11 @@ class HiddenStateEncoder:
 
     def _run(self, seqs: list[list[int]], texts: list[str]) -> None:
         start = time.perf_counter()
+        from contrail.worker.lm_batches import left_padded  # torch: imported on first use
+
         torch = self._torch
         pad = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for k, seq in enumerate(seqs):  # left padding: every last token sits at position -1
-            ids[k, width - len(seq) :] = torch.tensor(seq)
-            mask[k, width - len(seq) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(seqs, pad)  # every last token sits at index -1
         with torch.inference_mode():
             out = self._lm(
                 input_ids=ids,

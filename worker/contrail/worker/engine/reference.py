@@ -43,6 +43,7 @@ from contrail.worker.engine.base import (
 from contrail.worker.engine.progress import STEPS
 from contrail.worker.engine.scoring import contrastive_choice
 from contrail.worker.engine.stopping import Action, StopRule, finalize_text, token_texts
+from contrail.worker.lm_batches import left_padded
 from contrail.worker.models import DEFAULT_MODEL, ModelSpec, resolve_model
 
 
@@ -281,13 +282,7 @@ class ReferenceEngine(Engine):
                 prompts.append(job.neg_ids)
             row_of.append((pos_row, neg_row))
 
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for r, ids in enumerate(prompts):
-            input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[r, width - len(ids) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        input_ids, mask, positions = left_padded(prompts, self.pad_id)
         input_ids, mask, positions = input_ids.to(device), mask.to(device), positions.to(device)
         logits, cache = self._forward(input_ids, mask, positions, None)
         last_pos = positions[:, -1:]

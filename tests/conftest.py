@@ -8,7 +8,9 @@ are built once per checkout, not once per test session.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +41,26 @@ def smollm2_path(model_cache_dir: Path) -> Path:
     from contrail.worker.models import smollm2_path as convert
 
     return convert(model_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_model_path: Path) -> Any:
+    """The reference engine on the tiny model, as a worker would create it."""
+    from contrail.worker.engine.factory import create_engine
+
+    return create_engine("reference", "tiny", cache_dir=tiny_model_path.parent)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """On a small shared CPU, two spinning OpenMP threads are far slower than one (modules that
+    decode a lot: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 # Service stack fixtures (Valkey, SeaweedFS, API and worker processes): tests/service_fixtures.py;

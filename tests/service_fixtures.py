@@ -171,6 +171,26 @@ class Stack:
         return Storage(self.s3.url(self.prefix))
 
 
+def upload_error(
+    stack: Stack,
+    body: bytes,
+    *,
+    status: int = 422,
+    task: str = "generic",
+    filename: str = "input.jsonl",
+) -> dict[str, Any]:
+    """Upload `body`, expect `status` with an error message, and check that nothing new was
+    stored; returns the error object."""
+    before = stack.storage().list_keys("files/")
+    with stack.client() as c:
+        r = c.post("/v1/files", params={"task": task, "filename": filename}, content=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["message"]
+    assert stack.storage().list_keys("files/") == before, "nothing may be stored"
+    return dict(err)
+
+
 def yes_no_items(n: int, prefix: str = "s") -> list[dict[str, Any]]:
     """Inline items "<prefix>000"... asking whether i is even, without rationales."""
     return [

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contrail.client import Client, UnprocessableEntityError
-from tests.service_fixtures import KEY_A, Stack, running_stack
+from tests.service_fixtures import KEY_A, Stack, running_stack, upload_error
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGYQA = ROOT / "examples" / "strategyqa-dev-20.json"
@@ -64,15 +64,6 @@ def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([{k: r[k] for k in keep if k in r} for r in rows]), buf)
     return buf.getvalue()
-
-
-def upload_error(stack: Stack, body: bytes, filename: str = "input.jsonl") -> dict[str, Any]:
-    before = stack.storage().list_keys("files/")
-    with stack.client() as c:
-        r = c.post("/v1/files", params={"task": "generic", "filename": filename}, content=body)
-    assert r.status_code == 422, r.text
-    assert stack.storage().list_keys("files/") == before, "nothing may be stored"
-    return dict(r.json()["error"])
 
 
 # ------------------------------------------------------------------------ native files, records
@@ -129,12 +120,12 @@ def test_bad_records_are_named_by_line_or_record(istack: Stack) -> None:
     rows = strategyqa_rows()[:5]
     bad = [*rows[:2], {k: v for k, v in rows[2].items() if k != "question"}, *rows[3:]]
     for body, name in [(json.dumps(bad).encode(), "bad.json"), (parquet_bytes(bad), "bad.pq")]:
-        err = upload_error(istack, body, name)
+        err = upload_error(istack, body, filename=name)
         assert err["details"][0]["record"] == 3 and err["details"][0]["field"] == "question"
         assert err["details"][0]["message"].startswith("record 3: ")
 
     lines = "".join(json.dumps(r) + "\n" for r in [*rows[:3], {**rows[0]}])
-    err = upload_error(istack, gzip.compress(lines.encode()), "dup.jsonl.gz")
+    err = upload_error(istack, gzip.compress(lines.encode()), filename="dup.jsonl.gz")
     assert err["details"][0] == {
         "line": 4,
         "record": None,
@@ -143,12 +134,13 @@ def test_bad_records_are_named_by_line_or_record(istack: Stack) -> None:
         "message": f"line 4: id {rows[0]['qid']!r} already appeared at line 1",
     }
 
-    err = upload_error(istack, b'[{"qid": "x", "question": "q", "answer": true}, {"qid":', "x.json")
+    truncated = b'[{"qid": "x", "question": "q", "answer": true}, {"qid":'
+    err = upload_error(istack, truncated, filename="x.json")
     assert err["details"][-1]["record"] == 2 and err["details"][-1]["code"] == "invalid_json"
 
-    err = upload_error(istack, json.dumps(rows).encode(), "named.parquet")
+    err = upload_error(istack, json.dumps(rows).encode(), filename="named.parquet")
     assert "not Parquet" in err["message"]
-    err = upload_error(istack, gzip.compress(b"x" * 100)[:-8], "truncated.jsonl.gz")
+    err = upload_error(istack, gzip.compress(b"x" * 100)[:-8], filename="truncated.jsonl.gz")
     assert err["details"][0]["code"] == "invalid_gzip"
 
 

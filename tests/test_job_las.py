@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from contrail.client.types import Manifest
 from contrail.worker.engine.base import Engine
 from contrail.worker.engine.factory import create_engine
@@ -20,11 +18,6 @@ from contrail.worker.loop import Worker
 from tests.service_fixtures import Stack, announce_worker, yes_no_items
 
 DECODING = {"max_new_tokens": 12, "counterfactual_fraction": 0.5}
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_model_path: Path) -> Engine:
-    return create_engine("reference", "tiny", cache_dir=tiny_model_path.parent)
 
 
 def _create(stack: Stack, n: int, **extra: Any) -> str:

@@ -9,13 +9,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
-
 from contrail.core.jobs import keys
 from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.reconciler import Reconciler
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine
-from contrail.worker.engine.factory import create_engine
 from contrail.worker.finalize import Finalizer
 from contrail.worker.loop import Worker
 from contrail.worker.shards import ShardProcessor
@@ -128,7 +125,10 @@ def test_expired_job_keeps_its_finished_rationales(stack: Stack) -> None:
     wait_progress(stack, job_id, 8)
     # Bring the deadline to now rather than racing a short window against the machine's speed:
     # what is under test is what the reconciler does once the window is over.
-    redis_client(stack).hset(keys.job(job_id), "expires_at", str(time.time()))
+    # (the record and the reconciler's expiry index, jobs:active, say the same)
+    now = time.time()
+    redis_client(stack).hset(keys.job(job_id), "expires_at", str(now))
+    redis_client(stack).zadd(keys.ACTIVE_JOBS, {job_id: now})
     final = stack.wait_status(job_id, ("expired", "completed"), timeout=120)
     assert final["status"] == "expired" and final["expired_at"], final
     counts = final["request_counts"]
@@ -223,11 +223,6 @@ class ScriptedEngine(Engine):
         if self.poison and any(f"/{self.poison}#" in r.request_id for r in requests):
             raise RuntimeError(f"engine choked on {self.poison} at /secret/path")
         return self.inner.generate(requests)
-
-
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_model_path: Any) -> Engine:
-    return create_engine("reference", "tiny", cache_dir=tiny_model_path.parent)
 
 
 def _worker(stack: Stack, engine: Engine, **overrides: Any) -> Worker:

@@ -9,7 +9,6 @@ prompt builder, so these tests depend on nothing but the engine.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,7 @@ from .oracle import (
 DATA = RESEARCH_DATA / "strategyqa"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On a small shared CPU, two spinning OpenMP threads are far slower than one."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _load(name: str) -> list[dict[str, Any]]:

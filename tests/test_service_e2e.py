@@ -11,21 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from contrail.client.types import Manifest
-from contrail.core.tasks.perturb import is_counterfactual
+from tests.faults import expected_pairs, item_ids
 from tests.service_fixtures import METRICS_TOKEN, Stack, items_jsonl, read_jsonl
 
 N_ITEMS = 40
 FRACTION = 0.5
-
-
-def expected_pairs(n: int, seed: int = 0, fraction: float = FRACTION) -> set[tuple[str, str]]:
-    out = set()
-    for i in range(n):
-        iid = f"q{i:06d}"
-        out.add((iid, "factual"))
-        if is_counterfactual(iid, seed, fraction):
-            out.add((iid, "counterfactual"))
-    return out
 
 
 def run_job(stack: Stack, n: int, decoding: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -49,7 +39,7 @@ def run_job(stack: Stack, n: int, decoding: dict[str, Any]) -> tuple[str, dict[s
 
 
 def check_dataset(stack: Stack, job_id: str, job: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    want = expected_pairs(n)
+    want = expected_pairs(item_ids(n), {"counterfactual_fraction": FRACTION})
     storage = stack.storage()
     base = f"jobs/{job_id}"
     records = read_jsonl(storage.get(f"{base}/dataset.jsonl"))

@@ -9,7 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service_fixtures import KEY_A, KEY_B, Stack, announce_worker, items_jsonl, running_stack
+from tests.service_fixtures import (
+    KEY_A,
+    KEY_B,
+    Stack,
+    announce_worker,
+    items_jsonl,
+    running_stack,
+    upload_error,
+)
 
 GOOD = {"id": "a", "question": "Is the sky blue?", "answer": "yes", "choices": ["yes", "no"]}
 
@@ -37,17 +45,6 @@ def vstack(
 
 def nothing_stored(stack: Stack) -> None:
     assert stack.storage().list_keys("files/") == []
-
-
-def upload_error(
-    stack: Stack, body: bytes, status: int = 422, task: str = "generic"
-) -> dict[str, Any]:
-    r = stack.upload(body, task=task)
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert err["message"]
-    nothing_stored(stack)
-    return dict(err)
 
 
 CASES = [

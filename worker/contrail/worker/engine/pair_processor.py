@@ -209,13 +209,12 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
         if to_choose:
             self._choose(logits, layout, to_choose, tails, rows, tokens, codes)
         if rows:
-            device = logits.device
-            index = torch.tensor(rows, device=device)
+            # One host-to-device copy per step (rows, tokens and codes stacked; the codes are
+            # whole numbers), from pinned memory on CUDA so it does not wait on pageable memory.
+            forced = _to_device([rows, tokens, [int(c) for c in codes]], logits.device)
+            index = forced[0]
             logits.index_fill_(0, index, -math.inf)
-            logits.index_put_(
-                (index, torch.tensor(tokens, device=device)),
-                torch.tensor(codes, device=device, dtype=logits.dtype),
-            )
+            logits.index_put_((index, forced[1]), forced[2].to(logits.dtype))
         return logits
 
     def _choose(
@@ -239,14 +238,16 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
                 t.temperature,
             )
         else:
-            sel = torch.tensor(to_choose, device=logits.device)
+            sel = _to_device([to_choose], logits.device)[0]
             pos_idx, neg_idx = t.pos_idx[sel], t.neg_idx[sel]
             lam, alpha, temperature = t.lam[sel], t.alpha[sel], t.temperature[sel]
+        # Whether any pair filters by plausibility is known on the host, per layout: no sync.
         chosen, plain = contrastive_choice(
-            logits[pos_idx], logits[neg_idx], lam, alpha, temperature
+            logits[pos_idx], logits[neg_idx], lam, alpha, temperature, any_alpha=t.any_alpha
         )
+        picked, plains = torch.stack((chosen, plain)).tolist()  # one device-to-host copy
         pairs = layout.pairs
-        for k, tail, c, p in zip(to_choose, tails, chosen.tolist(), plain.tolist(), strict=True):
+        for k, tail, c, p in zip(to_choose, tails, picked, plains, strict=True):
             pair = pairs[k]
             row = pair.row_p
             action, _ = row.rule.decide(tail, c, p)
@@ -254,6 +255,15 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
             rows += (pair.pos, pair.neg)
             tokens += (token, token)
             codes += (VALID_CODE, VALID_CODE)
+
+
+def _to_device(columns: list[list[int]], device: torch.device) -> torch.Tensor:
+    """Equal-length integer columns as one [columns, n] int64 tensor on `device`, in one copy
+    (staged in pinned memory for CUDA, so the copy can overlap)."""
+    host = torch.tensor(columns, dtype=torch.long)
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass(frozen=True)
@@ -274,6 +284,7 @@ class _PairTensors:
     lam: torch.Tensor
     alpha: torch.Tensor
     temperature: torch.Tensor
+    any_alpha: bool  # some pair filters by plausibility (known here, so no device sync later)
 
     @classmethod
     def build(cls, pairs: list[_PairRows], device: torch.device) -> _PairTensors:
@@ -288,6 +299,7 @@ class _PairTensors:
             lam=column([s.lam for s in specs]),
             alpha=column([s.alpha for s in specs]),
             temperature=column([s.temperature for s in specs]),
+            any_alpha=any(s.alpha > 0 for s in specs),
         )
 
 

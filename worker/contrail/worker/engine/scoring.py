@@ -20,10 +20,13 @@ def contrastive_choice(
     lam: torch.Tensor,
     alpha: torch.Tensor,
     temperature: torch.Tensor,
+    any_alpha: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose one token per pair.
 
     pos_logits, neg_logits: float [pairs, vocab]; lam, alpha, temperature: float [pairs].
+    `any_alpha`: whether some alpha is > 0, when the caller knows it on the host (the pair
+    processor does, per batch layout); None reads it from `alpha`, a device sync on a GPU.
     Returns (chosen token ids [pairs], plain argmax under C+ [pairs]).
     """
     pos = pos_logits.float()
@@ -31,7 +34,7 @@ def contrastive_choice(
     pos_logp = torch.log_softmax(pos / temperature.unsqueeze(-1), dim=-1)
     neg_logp = torch.log_softmax(neg_logits.float(), dim=-1)
     score = pos_logp - lam.unsqueeze(-1) * neg_logp
-    if bool((alpha > 0).any()):
+    if any_alpha if any_alpha is not None else bool((alpha > 0).any()):
         # p >= alpha * max p  <=>  log p >= log alpha + max log p   (alpha = 0 keeps every token)
         log_alpha = torch.where(alpha > 0, alpha.clamp_min(1e-30).log(), -math.inf)
         cutoff = pos_logp.max(dim=-1).values + log_alpha

@@ -43,15 +43,29 @@ from benchlib import (
 BEFORE_REVISION = "15922b1f8478e4c1f46ac9ea2951a8b8f29a9397"
 
 
+# Where pair_processor.py lived at a revision: its path since the source roots, and before.
+PROCESSOR_PATHS = (
+    "worker/contrail/worker/engine/pair_processor.py",
+    "worker/engine/pair_processor.py",
+)
+BEFORE = {"revision": BEFORE_REVISION}  # `--before REV` replaces it
+
+
 def _legacy_module() -> ModuleType:
-    """The pre-optimisation processor, loaded from git so the tree carries no copy of it."""
-    source = subprocess.run(
-        ["git", "show", f"{BEFORE_REVISION}:worker/engine/pair_processor.py"],
-        cwd=Path(__file__).resolve().parents[1],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    """The processor at the "before" revision, loaded from git so the tree carries no copy."""
+    repo = Path(__file__).resolve().parents[1]
+    for path in PROCESSOR_PATHS:
+        shown = subprocess.run(
+            ["git", "show", f"{BEFORE['revision']}:{path}"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        )
+        if shown.returncode == 0:
+            source = shown.stdout
+            break
+    else:
+        raise SystemExit(f"no pair_processor.py at {BEFORE['revision']}")
     module = ModuleType("legacy_pair_processor")
     sys.modules[module.__name__] = module
     exec(compile(source, "legacy_pair_processor.py", "exec"), module.__dict__)
@@ -206,6 +220,7 @@ def ab(args: argparse.Namespace) -> None:
             f"{args.micro_steps} apply() calls per repetition",
             "e2e": f"{len(requests)} contrastive rationales, max_new_tokens 64, 6 demos",
             "repetitions": args.reps,
+            "before_revision": BEFORE["revision"],
         },
         "contenders": summary,
         "speedup_before_over_after_seconds": {
@@ -322,9 +337,15 @@ def main() -> int:
     ap.add_argument(
         "--legacy", action="store_true", help="profile with the frozen pre-change processor"
     )
+    ap.add_argument(
+        "--before",
+        default=BEFORE_REVISION,
+        help="revision whose pair_processor.py is the 'before' of ab and --legacy",
+    )
     ap.add_argument("--tag", default="", help="suffix of the profile's file name")
     ap.add_argument("--out", type=Path, default=OUT_DIR)
     args = ap.parse_args()
+    BEFORE["revision"] = args.before
     if args.what == "profile":
         profile(args)
     elif args.what == "admission":

@@ -226,3 +226,23 @@ def test_validation_creak_human_beats_shuffled(smollm2_path: Path) -> None:
     sim = TrainedSimulator(str(smollm2_path))
     result = validate("trained", sim, human, shuffled, reps=300, seed=0)
     assert result["passes"] == {"las_above_shuffled": True, "acc_qr_above_acc_q": True}
+
+
+def test_stored_states_are_keyed_by_the_code_that_computed_them(
+    tiny_model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feature store serves a later run only while the state-computing code is the same: a
+    measurement never reads hidden states that other code computed."""
+    from contrail.distill import simulators
+
+    store = tmp_path / "states.sqlite"
+    texts = ["Q: Is it so?\nA: yes", "Q: Is it not?\nA: no"]
+    first = HiddenStateEncoder(str(tiny_model_path), layer=2, store=store)
+    want = first.encode(texts)
+    again = HiddenStateEncoder(str(tiny_model_path), layer=2, store=store)
+    assert np.array_equal(again.encode(texts), want)
+    assert again.stored_seconds > 0.0  # read from the store (with what computing them cost)
+    monkeypatch.setattr(simulators, "feature_code_version", lambda: "other-code")
+    changed = HiddenStateEncoder(str(tiny_model_path), layer=2, store=store)
+    assert np.array_equal(changed.encode(texts), want)  # the same model computes the same states
+    assert changed.stored_seconds == 0.0  # but computed them: nothing read under another key

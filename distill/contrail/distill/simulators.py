@@ -126,7 +126,8 @@ class HiddenStateEncoder:
         self.dim = int(lm.config.hidden_size)
         self._max_batch_tokens = max_batch_tokens
         self._cache: dict[str, np.ndarray] = {}
-        self._store = FeatureStore(store, f"{spec.path.resolve()}|{layer}") if store else None
+        reader = f"{spec.path.resolve()}|{layer}|{feature_code_version()}"
+        self._store = FeatureStore(store, reader) if store else None
         self.seconds = 0.0  # time spent in forward passes (all calls)
         self.stored_seconds = 0.0  # what the states read from `store` cost when computed
 
@@ -174,9 +175,26 @@ class HiddenStateEncoder:
             self._store.put(rows, time.perf_counter() - start)
 
 
+def feature_code_version() -> str:
+    """A digest of what computes a hidden state: this module and the batch builder it uses, and
+    the torch and transformers versions. Part of every stored state's key, so a measurement never
+    reads states that other code computed."""
+    import torch
+    import transformers
+
+    from contrail.worker import lm_batches
+
+    h = hashlib.sha256()
+    for module_file in (__file__, lm_batches.__file__):
+        h.update(Path(module_file).read_bytes())
+    h.update(f"{torch.__version__}|{transformers.__version__}".encode())
+    return h.hexdigest()[:16]
+
+
 class FeatureStore:
-    """Hidden states kept on disk across runs (a SQLite file keyed by a SHA-256 of the reader
-    and the prompt), for benchmarks and head training that read the same prompts many times."""
+    """Hidden states kept on disk across runs (a SQLite file keyed by a SHA-256 of the reader,
+    which includes `feature_code_version()`, and the prompt), for benchmarks and head training
+    that read the same prompts many times."""
 
     def __init__(self, path: str | Path, reader: str) -> None:
         import sqlite3

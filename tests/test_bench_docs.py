@@ -1,14 +1,15 @@
-"""Every number the performance docs quote comes from a committed results file, measured on
-committed code.
+"""Every number the measured docs quote comes from a committed results file, measured on committed
+code.
 
-The README's "Performance" section and the markdown under docs/bench/ say where their numbers
-come from with annotations: ``<!-- results: engine_tiny.json sweep_tiny.json -->`` names results
-files under docs/bench/, and every number after it (up to the next annotation) must appear in one
-of them. Not checked: code (fenced blocks and inline code: commands, option names), link targets,
-and targets written as a comparison ("<= 5%", ">= 10x"). A number quoted with d decimals matches a
-value that rounds to it at d decimals (so "0.72" matches 0.7221); a percentage also matches 100x a
-fraction; thousands separators are ignored. A quoted results file that records its versions must
-have been measured with no uncommitted code change.
+The README's "Performance" section, the markdown under docs/bench/ and the report pages listed in
+`MEASURED_PAGES` say where their numbers come from with annotations: ``<!-- results:
+engine_tiny.json sweep_tiny.json -->`` names results files beside the page (under docs/bench/ for
+the README), and every number after it (up to the next annotation) must appear in one of them. Not
+checked: code (fenced blocks and inline code: commands, option names), link targets, and targets
+written as a comparison ("<= 5%", ">= 10x"). A number quoted with d decimals matches a value that
+rounds to it at d decimals (so "0.72" matches 0.7221); a percentage also matches 100x a fraction;
+thousands separators are ignored. A quoted results file that records its versions must have been
+measured with no uncommitted code change.
 """
 
 from __future__ import annotations
@@ -32,16 +33,22 @@ COMPARISON = re.compile(r"(?:>=|<=|(?<!-)>|<|≥|≤)\s*\+?$")  # "->" is an arr
 # Results made before the benchmark scripts recorded their commit (bench/provenance.py): the
 # service-overhead figures, re-measured once the job lifecycle rewrite lands.
 PREDATES_PROVENANCE = frozenset({"service_overhead_reference.json"})
+# Report pages outside docs/bench/ whose every figure is traced (their results files lie beside
+# them).
+MEASURED_PAGES = ("docs/quality/STUDENT.md",)
 
 
-def performance_docs() -> dict[str, str]:
-    """Markdown quoting results: the README's Performance section and docs/bench/*.md."""
+def performance_docs() -> dict[str, tuple[str, Path]]:
+    """Markdown quoting results, with the folder its annotations name files in: the README's
+    Performance section, docs/bench/*.md and the `MEASURED_PAGES`."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     match = re.search(r"^## Performance\n(.*?)(?=^## )", readme, flags=re.S | re.M)
     assert match, "README.md has no '## Performance' section"
-    docs = {"README.md (Performance)": match.group(1)}
-    for path in sorted(BENCH.glob("*.md")):
-        docs[str(path.relative_to(REPO))] = path.read_text(encoding="utf-8")
+    docs = {"README.md (Performance)": (match.group(1), BENCH)}
+    measured = [REPO / p for p in MEASURED_PAGES if (REPO / p).is_file()]  # else the test below
+    pages = [*sorted(BENCH.glob("*.md")), *measured]
+    for path in pages:
+        docs[str(path.relative_to(REPO))] = (path.read_text(encoding="utf-8"), path.parent)
     return docs
 
 
@@ -112,7 +119,9 @@ def provenance_problem(path: Path) -> str | None:
     data = json.loads(path.read_text(encoding="utf-8"))
     runs = data.get("results", [data])  # engine.json bundles the per-model files
     for run in runs:
-        contrail = (run.get("versions") or {}).get("contrail")
+        # `versions.contrail` (the engine benchmarks) or `provenance` (the others): both are
+        # bench/provenance.py's git_sha()
+        contrail = (run.get("versions") or {}).get("contrail") or run.get("provenance")
         if not contrail or not contrail.get("sha"):
             return f"{path.name} does not record the commit it was measured at"
         if contrail.get("engine_code_dirty") or contrail.get("code_dirty"):
@@ -146,11 +155,16 @@ def problems(markdown: str, where: str, results_dir: Path = BENCH) -> list[str]:
 
 @pytest.mark.parametrize("where", list(performance_docs()))
 def test_every_quoted_number_is_in_its_results_file(where: str) -> None:
-    assert problems(performance_docs()[where], where) == []
+    text, results_dir = performance_docs()[where]
+    assert problems(text, where, results_dir) == []
+
+
+def test_the_measured_pages_exist() -> None:
+    assert [p for p in MEASURED_PAGES if not (REPO / p).is_file()] == []
 
 
 def test_the_check_fails_on_a_number_that_is_in_no_results_file() -> None:
-    readme = performance_docs()["README.md (Performance)"]
+    readme, _ = performance_docs()["README.md (Performance)"]
     # the SmolLM2 pair/paper ratio, nudged by one unit of its last digit
     nudged = readme.replace("| 15.3 |", "| 15.4 |", 1)
     assert nudged != readme

@@ -40,7 +40,7 @@ class ViewerStack:
     job_a: str  # contrastive, counterfactuals for half the items
     job_b: str  # greedy over the same file
     job_other: str  # tenant beta's
-    job_stuck: str  # for a model no worker serves: stays in progress until cancelled
+    job_stuck: str  # a model no worker serves: in progress until cancelled (a finalizer ends it)
     worker_started: bool = False
     _results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 

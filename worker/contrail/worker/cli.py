@@ -18,22 +18,14 @@ from contrail.client.types import TaskName
 
 
 def cmd_serve_worker(args: argparse.Namespace) -> int:
+    """`serve worker` and `serve finalizer` (set_defaults(finalizer=True)): the worker's entry
+    point with the flags given."""
     entry = lazy("contrail.worker.__main__", "worker")
-    argv: list[str] = []
-    if args.model:
+    argv: list[str] = ["--finalizer"] if getattr(args, "finalizer", False) else []
+    if getattr(args, "model", None):
         argv += ["--model", args.model]
-    if args.engine:
+    if getattr(args, "engine", None):
         argv += ["--engine", args.engine]
-    if args.check:
-        argv.append("--check")
-    if args.burst:
-        argv.append("--burst")
-    return int(entry.main(argv) or 0)
-
-
-def cmd_serve_finalizer(args: argparse.Namespace) -> int:
-    entry = lazy("contrail.worker.__main__", "worker")
-    argv = ["--finalizer"]
     if args.check:
         argv.append("--check")
     if args.burst:
@@ -114,7 +106,7 @@ def register(registry: CommandRegistry) -> None:
         help="exit 0 if a finalizer on this host has a fresh health record (healthcheck)",
     )
     p.add_argument("--burst", action="store_true", help="drain the finalize queue, then exit")
-    p.set_defaults(func=cmd_serve_finalizer)
+    p.set_defaults(func=cmd_serve_worker, finalizer=True)
 
     p = registry.add_to(
         "models",

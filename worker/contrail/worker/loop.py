@@ -210,14 +210,14 @@ class Worker:
         os._exit(0)
 
     # ------------------------------------------------------------------ heartbeat
-    def _beat(self) -> None:
+    def _beat(self, stalled_s: float = 0.0) -> None:
         with self._lock:
             ids = sorted(self.in_hand)
         info: dict[str, str | int] = {
             "pid": os.getpid(),
             "engine": self.s.engine if self.role == keys.DECODE else "none",
             # what the health check (the liveness probe) reads: the watchdog's own signal
-            "engine_stalled_s": f"{self._stalled_s():.1f}",
+            "engine_stalled_s": f"{stalled_s:.1f}",
             "waves": self.waves,
             "in_hand": len(ids),
             "beat_at": f"{time.time():.3f}",
@@ -234,7 +234,7 @@ class Worker:
             if stalled >= self.s.engine_stall_s:
                 self._engine_stalled(stalled)
             try:
-                self._beat()
+                self._beat(stalled)
                 self.guard.mark_up()
             except Exception as exc:  # never let the heartbeat die: the worker would vanish
                 self.guard.note_failure()

@@ -66,9 +66,3 @@ class WatchedEngine(Engine):
             if steps != self._seen:
                 self._seen, self._progress_at = steps, now
             return now - self._progress_at
-
-    @property
-    def progress_at(self) -> float:
-        """Monotonic time of the last progress (or of the last call's start or end)."""
-        with self._lock:
-            return self._progress_at

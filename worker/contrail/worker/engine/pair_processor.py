@@ -138,12 +138,7 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
                 self._rows[a] = row_b
 
     def _rule(self, spec: PairSpec) -> StopRule:
-        key = (spec.eos, spec.stop)
-        rule = self._stop_rules.get(key)
-        if rule is None:
-            rule = StopRule.build(self._texts, (spec.eos,), spec.stop)
-            self._stop_rules[key] = rule
-        return rule
+        return stop_rule(self._stop_rules, self._texts, spec)
 
     def _forget(self, index: int) -> None:
         row = self._rows.pop(index, None)
@@ -184,7 +179,7 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
             tokens.append(eos)
             codes.append(ABORT_CODE)
         to_choose: list[int] = []  # positions in layout.pairs
-        tails: list[str] = []
+        tails: list[str] = []  # the recent text of each pair in to_choose
         aborted = self._aborted
         for k, pair in enumerate(layout.pairs):
             row_p, row_n = pair.row_p, pair.row_n
@@ -196,25 +191,18 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
                 continue
             # The recent text once per pair and step: both "has it ended?" and the tail for the
             # stop decision come from it (StopRule.ended / StopRule.tail_of on the same ids).
-            rule = row_p.rule
-            text = rule.text_of(row_p.recent())
-            if any(s in text for s in rule.stop):
+            text = row_p.rule.text_of(row_p.recent())
+            if text_ended(row_p.rule, text):
                 rows += (pair.pos, pair.neg)
                 tokens += (row_p.spec.eos, row_n.spec.eos)
                 codes += (VALID_CODE, VALID_CODE)
                 continue
             to_choose.append(k)
-            tails.append(text[-rule.tail_len :] if rule.tail_len else "")
+            tails.append(text)
 
         if to_choose:
             self._choose(logits, layout, to_choose, tails, rows, tokens, codes)
-        if rows:
-            # One host-to-device copy per step (rows, tokens and codes stacked; the codes are
-            # whole numbers), from pinned memory on CUDA so it does not wait on pageable memory.
-            forced = _to_device([rows, tokens, [int(c) for c in codes]], logits.device)
-            index = forced[0]
-            logits.index_fill_(0, index, -math.inf)
-            logits.index_put_((index, forced[1]), forced[2].to(logits.dtype))
+        force_rows(logits, rows, tokens, codes)
         return logits
 
     def _choose(
@@ -238,7 +226,7 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
                 t.temperature,
             )
         else:
-            sel = _to_device([to_choose], logits.device)[0]
+            sel = to_device([to_choose], logits.device)[0]
             pos_idx, neg_idx = t.pos_idx[sel], t.neg_idx[sel]
             lam, alpha, temperature = t.lam[sel], t.alpha[sel], t.temperature[sel]
         # Whether any pair filters by plausibility is known on the host, per layout: no sync.
@@ -247,17 +235,54 @@ class ContrastivePairLogitsProcessor(LogitsProcessor):
         )
         picked, plains = torch.stack((chosen, plain)).tolist()  # one device-to-host copy
         pairs = layout.pairs
-        for k, tail, c, p in zip(to_choose, tails, picked, plains, strict=True):
+        for k, text, c, p in zip(to_choose, tails, picked, plains, strict=True):
             pair = pairs[k]
-            row = pair.row_p
-            action, _ = row.rule.decide(tail, c, p)
-            token = row.spec.eos if action is Action.STOP else c
+            token = next_token(pair.row_p.rule, pair.row_p.spec.eos, text, c, p)
             rows += (pair.pos, pair.neg)
             tokens += (token, token)
             codes += (VALID_CODE, VALID_CODE)
 
 
-def _to_device(columns: list[list[int]], device: torch.device) -> torch.Tensor:
+def force_rows(
+    logits: torch.Tensor, rows: list[int], tokens: list[int], codes: list[float]
+) -> None:
+    """Leave each listed row one finite entry, its token, holding its code (which comes back as
+    the token's processed "logprob"). One host-to-device copy (rows, tokens and codes stacked;
+    the codes are whole numbers), from pinned memory on CUDA so it does not wait on pageable
+    memory."""
+    if not rows:
+        return
+    forced = to_device([rows, tokens, [int(c) for c in codes]], logits.device)
+    index = forced[0]
+    logits.index_fill_(0, index, -math.inf)
+    logits.index_put_((index, forced[1]), forced[2].to(logits.dtype))
+
+
+def text_ended(rule: StopRule, recent_text: str) -> bool:
+    """The pair's last token completed a stop string: the rationale is over (EOS, VALID)."""
+    return any(s in recent_text for s in rule.stop)
+
+
+def next_token(rule: StopRule, eos: int, recent_text: str, chosen: int, plain: int) -> int:
+    """The token both rows of a pair in step are forced to, from the contrastive choice and the
+    plain argmax (the shared stop rule may end the rationale instead: EOS)."""
+    tail = recent_text[-rule.tail_len :] if rule.tail_len else ""
+    action, _ = rule.decide(tail, chosen, plain)
+    return eos if action is Action.STOP else chosen
+
+
+def stop_rule(
+    cache: dict[tuple[int, tuple[str, ...]], StopRule], texts: list[str], spec: PairSpec
+) -> StopRule:
+    """The spec's stop rule, built once per (eos, stop strings)."""
+    key = (spec.eos, spec.stop)
+    rule = cache.get(key)
+    if rule is None:
+        rule = cache[key] = StopRule.build(texts, (spec.eos,), spec.stop)
+    return rule
+
+
+def to_device(columns: list[list[int]], device: torch.device) -> torch.Tensor:
     """Equal-length integer columns as one [columns, n] int64 tensor on `device`, in one copy
     (staged in pinned memory for CUDA, so the copy can overlap)."""
     host = torch.tensor(columns, dtype=torch.long)

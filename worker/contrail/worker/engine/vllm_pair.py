@@ -9,10 +9,11 @@ per-request error (`lockstep_exhausted`), never a hang.
 Admission keeps desync rare: a wave holds at most max_num_seqs / 2 pairs and only as many as the
 KV cache can hold at once (shared prompt prefixes counted once), so members are not preempted.
 
-GPU path: the processor implements the V1 model-runner interface. vLLM's GPU builds default to
-Model Runner V2, which rejects V1 processors, so GPU workers set VLLM_USE_V2_MODEL_RUNNER=0 and
-turn async scheduling off (output ids must be current when the processor runs). Only the CPU
-build can be exercised in this project's CI.
+GPU path: `runner` picks the model runner and the processor written for it. "v1" (the default)
+is the runner the CPU build runs and the suite tests token for token; vLLM's GPU builds default to
+Model Runner V2, which rejects V1 processors, so the engine sets VLLM_USE_V2_MODEL_RUNNER=0. "v2"
+uses `ContrastivePairLogitsProcessorV2` under Model Runner V2 (which needs Triton, so GPU only).
+Async scheduling stays off on both (docs/DECODING.md).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class VllmOptions:
     enforce_eager: bool = False  # skip torch.compile: ~10 s faster start, slower decoding
     # Admission counts a full prompt block shared by members of a wave once (prefix caching).
     shared_prefix_admission: bool = True
+    # "v1": Model Runner V1 and the V1 pair processor (tested token for token on the CPU build);
+    # "v2": Model Runner V2 and the V2 pair processor (needs Triton, so a GPU build).
+    runner: str = "v1"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,39 +88,90 @@ _SYNC_ONLY = (
 )
 
 
+_RUNNERS = ("v1", "v2")
+# What this module wrote to VLLM_USE_V2_MODEL_RUNNER: in-process engines of one process share the
+# environment, so an engine must tell its own earlier setting from an operator's.
+_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+_written_runner_env: str | None = None
+
+
 def _refuse_unsafe_options(options: VllmOptions) -> None:
     """Refuse, before the engine is built, settings that turn on what the processor cannot run
     under (they would otherwise come in through CONTRAIL_ENGINE_OPTIONS `extra` or the
     environment)."""
+    if options.runner not in _RUNNERS:
+        raise EngineMisconfigured(f"engine option runner={options.runner!r}: use 'v1' or 'v2'")
     if options.extra.get("async_scheduling"):
         raise EngineMisconfigured(
             f"engine options turn async_scheduling on: {_SYNC_ONLY}; remove it from "
             "CONTRAIL_ENGINE_OPTIONS extra"
         )
-    forced = os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "").strip().lower()
-    if forced in ("1", "true", "yes"):
+    if options.extra.get("speculative_config"):
         raise EngineMisconfigured(
-            f"VLLM_USE_V2_MODEL_RUNNER={forced} forces Model Runner V2: {_V1_ONLY}; unset it"
+            "engine options turn speculative decoding on: the pair processor decides one token "
+            "per pair and step from one logits row per request; remove speculative_config"
+        )
+    raw = os.environ.get(_RUNNER_ENV)
+    forced = (raw or "").strip().lower()
+    if options.runner == "v1" and raw != _written_runner_env and forced in ("1", "true", "yes"):
+        raise EngineMisconfigured(
+            f"{_RUNNER_ENV}={forced} forces Model Runner V2: {_V1_ONLY}; unset it, or set the "
+            "engine option runner='v2' (GPU builds)"
+        )
+    if options.runner == "v2":
+        from vllm.triton_utils import HAS_TRITON
+
+        if not HAS_TRITON:
+            raise EngineMisconfigured(
+                "engine option runner='v2': vLLM's Model Runner V2 runs Triton kernels and this "
+                "vLLM build has no Triton (the CPU build's triton-cpu is not published); use "
+                "runner='v1'"
+            )
+
+
+def check_config_in_force(config: Any, runner: str = "v1") -> None:
+    """Assert, once `LLM()` is built, the configuration the engine really runs with: the model
+    runner its processor was written for, synchronous scheduling and no speculative decoding (a
+    platform or another option may change any of them)."""
+    v2 = bool(getattr(config, "use_v2_model_runner", False))
+    if v2 and runner == "v1":
+        raise EngineMisconfigured(f"vLLM chose Model Runner V2: {_V1_ONLY}")
+    if not v2 and runner == "v2":
+        raise EngineMisconfigured(
+            "engine option runner='v2', but vLLM chose Model Runner V1, which would not call "
+            "the V2 pair processor; use runner='v1'"
+        )
+    if bool(getattr(config.scheduler_config, "async_scheduling", False)):
+        raise EngineMisconfigured(f"vLLM runs with async scheduling: {_SYNC_ONLY}")
+    if getattr(config, "speculative_config", None) is not None:
+        raise EngineMisconfigured(
+            "vLLM runs with speculative decoding: the pair processor needs one logits row per "
+            "request"
         )
 
 
-def check_config_in_force(config: Any) -> None:
-    """Assert, once `LLM()` is built, the configuration the engine really runs with: the V1
-    model runner and synchronous scheduling (a platform or another option may change either)."""
-    if bool(getattr(config, "use_v2_model_runner", False)):
-        raise EngineMisconfigured(f"vLLM chose Model Runner V2: {_V1_ONLY}")
-    if bool(getattr(config.scheduler_config, "async_scheduling", False)):
-        raise EngineMisconfigured(f"vLLM runs with async scheduling: {_SYNC_ONLY}")
-
-
 def _configure_environment(options: VllmOptions) -> None:
+    global _written_runner_env
     if options.in_process:
         # The in-process engine starts in ~3 s instead of 20-30 s and adds all requests of a
         # wave before its first step.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    if options.runner == "v2":
+        os.environ[_RUNNER_ENV] = _written_runner_env = "1"
+    elif _RUNNER_ENV not in os.environ or os.environ[_RUNNER_ENV] == _written_runner_env:
+        os.environ[_RUNNER_ENV] = _written_runner_env = "0"
     # Weights come from local folders only; never let a missing folder turn into a hub download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _processor_for(runner: str) -> type:
+    if runner == "v2":
+        from contrail.worker.engine.pair_processor_v2 import ContrastivePairLogitsProcessorV2
+
+        return ContrastivePairLogitsProcessorV2
+    from contrail.worker.engine.pair_processor import ContrastivePairLogitsProcessor
+
+    return ContrastivePairLogitsProcessor
 
 
 class VllmPairEngine(Engine):
@@ -128,8 +183,7 @@ class VllmPairEngine(Engine):
         _configure_environment(self.options)
         from vllm import LLM
 
-        from contrail.worker.engine.pair_processor import ContrastivePairLogitsProcessor
-
+        processor = _processor_for(self.options.runner)
         model_path = os.path.abspath(model_path)
         if not os.path.isdir(model_path):
             raise FileNotFoundError(f"model folder not found: {model_path}")
@@ -140,7 +194,7 @@ class VllmPairEngine(Engine):
             "max_num_seqs": self.options.max_num_seqs,
             "block_size": self.options.block_size,
             "enable_prefix_caching": True,
-            "logits_processors": [ContrastivePairLogitsProcessor],
+            "logits_processors": [processor],
             # The processor's VALID/ABORT code comes back as the sampled token's "logprob".
             "logprobs_mode": "processed_logits",
             "async_scheduling": False,
@@ -160,7 +214,7 @@ class VllmPairEngine(Engine):
         config = self.llm.llm_engine.vllm_config
         self.max_model_len = int(config.model_config.max_model_len)
         self.max_prompt_chars = prompt_char_bound(self.tokenizer.get_vocab(), self.max_model_len)
-        check_config_in_force(config)
+        check_config_in_force(config, self.options.runner)
         cache = config.cache_config
         # Admission counts KV blocks of the cache's real size: a backend may choose another
         # block size than the one asked for, and miscounting shared prefixes means preemption.

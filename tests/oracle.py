@@ -180,3 +180,49 @@ def assert_equals_contrastive_loop(
         compared += len(want.token_ids)
     assert compared >= min_tokens, f"only {compared} tokens compared"
     return compared
+
+
+# One bf16 step at logits of magnitude 16 to 32: two engines rounding the same bf16 model
+# differently can swap candidates whose scores differ by less than this (docs/DECODING.md,
+# "Precision").
+BF16_TIE = 0.125
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where two engines' outputs for one pair first differ, and how close the call was."""
+
+    request_id: str
+    step: int  # tokens both agree on before it
+    score_gap: float  # best contrastive score minus the worse of the two engines' choices
+    plain_gap: float  # the same on log p(. | C+), which decides the stop rule
+
+
+def first_divergence(
+    model: Any, tokenizer: Any, request: Any, ours: Sequence[int], theirs: Sequence[int]
+) -> Divergence | None:
+    """None when the two token lists are equal; otherwise the step where they part and the
+    margins, under `model`, between the best candidate and each side's choice there (EOS when a
+    side stopped). A near-tie has either margin within BF16_TIE."""
+    if list(ours) == list(theirs):
+        return None
+    step = next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+        min(len(ours), len(theirs)),
+    )
+    eos = int(tokenizer.eos_token_id)
+    picks = [ids[step] if step < len(ids) else eos for ids in (ours, theirs)]
+    s = request.settings
+    prefix = list(ours[:step])
+    with torch.inference_mode():
+        pos, _ = _last_logits(model, tokenizer(request.pos_prompt)["input_ids"] + prefix, None)
+        neg, _ = _last_logits(model, tokenizer(request.neg_prompt)["input_ids"] + prefix, None)
+    logp_pos = torch.log_softmax(pos / s.temperature, dim=-1)
+    score = logp_pos - s.lam * torch.log_softmax(neg, dim=-1)
+    if s.alpha > 0:
+        score[logp_pos < math.log(s.alpha) + logp_pos.max()] = -math.inf
+
+    def gap(values: torch.Tensor) -> float:
+        return float(values.max() - min(values[t] for t in picks))
+
+    return Divergence(request.request_id, step, gap(score), gap(logp_pos))

@@ -40,7 +40,10 @@ from contrail.worker.engine.stopping import finalize_text
 class VllmOptions:
     """Engine knobs. The defaults suit a 2-core CPU; GPU workers raise the KV cache and batch."""
 
-    dtype: str = "float32"
+    # None: bfloat16 on a GPU (FlashAttention and FlashInfer take only 16-bit types; float32
+    # falls back to slow Triton attention), float32 on CPU, the precision the suite compares
+    # with the reference engine token for token. docs/DECODING.md "Precision" has the policy.
+    dtype: str | None = None
     kv_cache_bytes: int = 2 * 1024**3
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
@@ -164,6 +167,13 @@ def _configure_environment(options: VllmOptions) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def default_dtype() -> str:
+    """The engine's dtype when the options name none: bfloat16 on GPUs, float32 elsewhere."""
+    from vllm.platforms import current_platform
+
+    return "bfloat16" if current_platform.is_cuda_alike() else "float32"
+
+
 def _processor_for(runner: str) -> type:
     if runner == "v2":
         from contrail.worker.engine.pair_processor_v2 import ContrastivePairLogitsProcessorV2
@@ -189,7 +199,7 @@ class VllmPairEngine(Engine):
             raise FileNotFoundError(f"model folder not found: {model_path}")
         kwargs: dict[str, Any] = {
             "model": model_path,
-            "dtype": self.options.dtype,
+            "dtype": self.options.dtype or default_dtype(),
             "kv_cache_memory_bytes": self.options.kv_cache_bytes,
             "max_num_seqs": self.options.max_num_seqs,
             "block_size": self.options.block_size,

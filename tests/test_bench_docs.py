@@ -33,6 +33,10 @@ COMPARISON = re.compile(r"(?:>=|<=|(?<!-)>|<|≥|≤)\s*\+?$")  # "->" is an arr
 # Results made before the benchmark scripts recorded their commit (bench/provenance.py): the
 # service-overhead figures, re-measured once the job lifecycle rewrite lands.
 PREDATES_PROVENANCE = frozenset({"service_overhead_reference.json"})
+# Results made when bench/provenance.py recorded only whether the *engine* code (client, core,
+# worker) was clean, not the rest (`code_dirty`): named here, so that a missing `code_dirty` is
+# never read as clean for anything else. The quoting docs say so beside the figures.
+PREDATES_CODE_DIRTY = frozenset({"engine_smollm2-135m.json", "engine.json"})
 # Report pages outside docs/bench/ whose every figure is traced (their results files lie beside
 # them).
 MEASURED_PAGES = ("docs/quality/STUDENT.md",)
@@ -124,6 +128,8 @@ def provenance_problem(path: Path) -> str | None:
         contrail = (run.get("versions") or {}).get("contrail") or run.get("provenance")
         if not contrail or not contrail.get("sha"):
             return f"{path.name} does not record the commit it was measured at"
+        if "code_dirty" not in contrail and path.name not in PREDATES_CODE_DIRTY:
+            return f"{path.name} does not record whether the code was clean (code_dirty)"
         if contrail.get("engine_code_dirty") or contrail.get("code_dirty"):
             return f"{path.name} was measured with uncommitted changes at {contrail['sha'][:10]}"
     return None
@@ -183,6 +189,16 @@ def _results(tmp_path: Path, dirty: bool) -> Path:
     run = {"versions": {"contrail": contrail}, "median_rationales_per_s": 29.6181, "share": 0.0236}
     (tmp_path / "run.json").write_text(json.dumps(run))
     return tmp_path
+
+
+def test_a_result_that_does_not_say_whether_the_code_was_clean_is_refused(
+    tmp_path: Path,
+) -> None:
+    run = {"versions": {"contrail": {"sha": "0123456789abcdef", "engine_code_dirty": False}}}
+    (tmp_path / "run.json").write_text(json.dumps(run | {"value": 3.5}))
+    assert problems("<!-- results: run.json -->\n3.5 s", "doc", tmp_path) == [
+        "doc:2: run.json does not record whether the code was clean (code_dirty)"
+    ]
 
 
 def test_rounding_units_and_what_is_not_checked(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ PREDATES_PROVENANCE = frozenset({"service_overhead_reference.json"})
 # Results made when bench/provenance.py recorded only whether the *engine* code (client, core,
 # worker) was clean, not the rest (`code_dirty`): named here, so that a missing `code_dirty` is
 # never read as clean for anything else. The quoting docs say so beside the figures.
-PREDATES_CODE_DIRTY = frozenset({"engine_smollm2-135m.json", "engine.json"})
+PREDATES_CODE_DIRTY = frozenset({"engine_smollm2-135m.json"})
 # Report pages outside docs/bench/ whose every figure is traced (their results files lie beside
 # them).
 MEASURED_PAGES = ("docs/quality/STUDENT.md",)

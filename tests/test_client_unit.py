@@ -349,3 +349,18 @@ def test_sdk_imports_without_heavy_dependencies() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "", f"contrail.client imported: {out.stdout.strip()}"
+
+
+def test_the_api_process_loads_no_ml_stack() -> None:
+    """What an API process really loads (import-linter sees only direct imports): no torch,
+    vLLM or transformers, and nothing of the workers or the student side. numpy does come in,
+    through pyarrow, which writes the Parquet files."""
+    code = (
+        "import sys, contrail.service.app\n"
+        "heavy = ['torch', 'vllm', 'transformers', 'contrail.worker', 'contrail.distill']\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "", f"contrail.service.app imported: {out.stdout.strip()}"

@@ -360,9 +360,9 @@ def test_pair_engine_equals_reference_and_cfg_on_smollm2(
 def test_pair_engine_equals_reference_in_bfloat16_up_to_near_ties(smollm2_path: Path) -> None:
     """The GPU default precision, on this CPU (AVX-512 BF16): vLLM's pair engine and the
     reference engine, both in bfloat16, decode the same tokens except where two candidates'
-    scores are within one bf16 step (agreement.BF16_TIE) under the reference model; from such a step on the
-    two continuations are different rationales and are not compared. Most pairs must agree
-    entirely, and every divergence must be such a near-tie."""
+    scores are within one bf16 step (agreement.BF16_TIE) under the reference model; from such a
+    step on the two continuations are different rationales and are not compared. Most pairs must
+    agree entirely, and every divergence must be such a near-tie."""
     requests = _strategyqa_requests(DecodingSettings(max_new_tokens=32, num_demonstrations=2), 8)
     engine = VllmPairEngine(
         str(smollm2_path),
@@ -479,3 +479,21 @@ def test_the_running_engine_is_v1_synchronous_and_counts_real_blocks(
         ),
         "v2",
     )
+
+
+def test_the_engine_turns_aot_compilation_off_unless_the_operator_set_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """vLLM 0.32 with torch 2.13 cannot load the AOT-compiled models it saves, so every worker
+    restart recompiled (bench/cold_start.py); the engine starts vLLM with AOT compilation off,
+    which leaves the inductor cache to serve restarts, and an operator's own choice stands."""
+    import vllm.envs
+
+    from contrail.worker.engine.vllm_pair import _configure_environment
+
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    _configure_environment(VllmOptions())
+    assert vllm.envs.VLLM_USE_AOT_COMPILE is False
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    _configure_environment(VllmOptions())
+    assert vllm.envs.VLLM_USE_AOT_COMPILE is True

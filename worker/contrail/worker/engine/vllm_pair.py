@@ -165,6 +165,11 @@ def _configure_environment(options: VllmOptions) -> None:
         os.environ[_RUNNER_ENV] = _written_runner_env = "0"
     # Weights come from local folders only; never let a missing folder turn into a hub download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # vLLM 0.32 with torch 2.13 saves AOT-compiled models it cannot load back ("'function' object
+    # has no attribute 'finalize_loading'"), so every restart recompiled from scratch. Without AOT
+    # compilation vLLM traces again and takes the compiled graphs from its inductor cache, and the
+    # first start is faster too (docs/bench/PERFORMANCE.md, "Worker cold start").
+    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
 
 
 def default_dtype() -> str:

@@ -6,11 +6,14 @@ server cannot produce on demand.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +22,7 @@ from contrail.client import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    AsyncClient,
     AuthenticationError,
     BadRequestError,
     Client,
@@ -320,6 +324,104 @@ def test_timeout_maps_to_api_timeout_error(monkeypatch: pytest.MonkeyPatch) -> N
     http = httpx.Client(transport=httpx.MockTransport(handler))
     with Client(api_key="k", max_retries=0, http_client=http) as c, pytest.raises(APITimeoutError):
         c.models.list()
+
+
+def _dataset_server(
+    fail_first: int, seen: list[httpx.Request]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """The API's dataset location, and an object store whose first GETs fail with 503."""
+    body = b'{"item_id": "a"}\n'
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/v1/jobs/job_1/dataset":
+            url = "https://store.example/bucket/job_1.jsonl?X-Amz-Signature=abc"
+            return httpx.Response(
+                200,
+                json={"job_id": "job_1", "jsonl_url": url, "parquet_url": None,
+                      "errors_url": None, "manifest_url": None},
+            )  # fmt: skip
+        if sum(r.url.host == "store.example" for r in seen) <= fail_first:
+            return httpx.Response(503, text="slow down")
+        return httpx.Response(200, content=body)
+
+    return handler
+
+
+def test_download_of_a_presigned_url_is_retried_and_carries_no_api_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    seen: list[httpx.Request] = []
+    http = httpx.Client(transport=httpx.MockTransport(_dataset_server(2, seen)))
+    with Client(api_key="k", max_retries=2, http_client=http) as c:
+        path = c.jobs.download("job_1", tmp_path / "out.jsonl")
+    assert path.read_bytes() == b'{"item_id": "a"}\n'
+    store = [r for r in seen if r.url.host == "store.example"]
+    assert len(store) == 3  # two 503s, then the file
+    assert all("Authorization" not in r.headers for r in store)
+    assert all(r.url.params["X-Amz-Signature"] == "abc" for r in store)
+    api = [r for r in seen if r.url.host != "store.example"]
+    assert api[0].headers["Authorization"] == "Bearer k"
+    # Out of retries: the store's error, not a half-written file.
+    seen.clear()
+    http = httpx.Client(transport=httpx.MockTransport(_dataset_server(5, seen)))
+    with (
+        Client(api_key="k", max_retries=1, http_client=http) as c,
+        pytest.raises(InternalServerError),
+    ):
+        c.jobs.download("job_1", tmp_path / "again.jsonl")
+    assert not (tmp_path / "again.jsonl").exists()
+
+
+def test_async_download_of_a_presigned_url_is_retried(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_sleep = asyncio.sleep
+
+    async def no_backoff(delay: float) -> None:
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", no_backoff)
+    seen: list[httpx.Request] = []
+    handler = _dataset_server(1, seen)
+
+    async def run() -> Path:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        async with AsyncClient(api_key="k", max_retries=1, http_client=http) as c:
+            return await c.jobs.download("job_1", tmp_path / "out.jsonl")
+
+    path = asyncio.run(run())
+    assert path.read_bytes() == b'{"item_id": "a"}\n'
+    assert sum(r.url.host == "store.example" for r in seen) == 2
+
+
+def test_with_options_changes_timeout_and_retries_and_shares_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    attempts: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(request)
+        return httpx.Response(503, text="busy")
+
+    http = httpx.Client(transport=httpx.MockTransport(handler))
+    with Client(api_key="k", max_retries=3, timeout=60, http_client=http) as c:
+        quick = c.with_options(timeout=5, max_retries=0)
+        assert quick._http is c._http and (quick.api_key, quick.base_url) == (c.api_key, c.base_url)
+        with pytest.raises(InternalServerError):
+            quick.models.list()
+        assert len(attempts) == 1
+        assert attempts[0].extensions["timeout"]["read"] == 5
+        quick.close()  # a copy does not close the shared pool
+        with pytest.raises(InternalServerError):
+            c.models.list()
+        assert len(attempts) == 1 + 4  # the original keeps its 3 retries and 60 s
+        assert attempts[-1].extensions["timeout"]["read"] == 60
+    only_retries = Client(api_key="k", timeout=7).with_options(max_retries=1)
+    assert only_retries.timeout.read == 7 and only_retries.max_retries == 1
+    assert AsyncClient(api_key="k").with_options(max_retries=0).max_retries == 0
 
 
 def _job_json() -> dict[str, object]:

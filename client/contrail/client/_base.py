@@ -221,6 +221,9 @@ class RequestOptions:
     headers: Mapping[str, str] = field(default_factory=dict)
     max_retries: int | None = None
     timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    with_auth: bool = True
+    """False for an absolute presigned URL (a dataset file on S3): the API key is not sent to
+    another host, and S3 refuses a request that carries two authorisations."""
 
 
 class SyncAPI(Protocol):
@@ -309,6 +312,8 @@ class BaseClient(Generic[HttpxClientT]):
 
     def _build_request(self, options: RequestOptions) -> httpx.Request:
         headers = {**self.default_headers, **options.headers}
+        if not options.with_auth:
+            headers.pop("Authorization", None)
         timeout = self.timeout if isinstance(options.timeout, NotGiven) else options.timeout
         content = options.content() if options.content is not None else None
         return self._http.build_request(
@@ -320,6 +325,19 @@ class BaseClient(Generic[HttpxClientT]):
             headers=headers,
             timeout=timeout,
         )
+
+    def _copy_settings(
+        self, timeout: TimeoutTypes | NotGiven, max_retries: int | None
+    ) -> dict[str, Any]:
+        """The constructor arguments of a copy of this client (see ``with_options``)."""
+        return {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "timeout": self.timeout if isinstance(timeout, NotGiven) else timeout,
+            "max_retries": self.max_retries if max_retries is None else max_retries,
+            "default_headers": self._default_headers,
+            "http_client": self._http,
+        }
 
     def _max_retries_for(self, options: RequestOptions) -> int:
         return self.max_retries if options.max_retries is None else options.max_retries

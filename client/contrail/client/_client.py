@@ -66,6 +66,14 @@ class Client(BaseClient[httpx.Client]):
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout, follow_redirects=True)
 
+    def with_options(
+        self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN, max_retries: int | None = None
+    ) -> Client:
+        """A client like this one with another timeout or retry count, for one call or many
+        (``client.with_options(timeout=5).jobs.retrieve(id)``), as in openai-python. It shares
+        this client's connection pool; closing it leaves the pool open."""
+        return Client(**self._copy_settings(timeout, max_retries))
+
     @cached_property
     def files(self) -> Files:
         return Files(self)
@@ -174,6 +182,14 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
+
+    def with_options(
+        self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN, max_retries: int | None = None
+    ) -> AsyncClient:
+        """A client like this one with another timeout or retry count, for one call or many
+        (``client.with_options(timeout=5).jobs.retrieve(id)``), as in openai-python. It shares
+        this client's connection pool; closing it leaves the pool open."""
+        return AsyncClient(**self._copy_settings(timeout, max_retries))
 
     @cached_property
     def files(self) -> AsyncFiles:

@@ -9,6 +9,7 @@ they have (duck typing), so the SDK installs without them.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import math
@@ -163,9 +164,10 @@ class _Upload:
             yield from _record_chunks(self.rows(), bar)
 
     async def achunks(self, bar: tqdm[Any] | None) -> AsyncIterator[bytes]:
-        # Local-disk reads and row conversion are short; doing them in the event loop keeps
-        # this simple.
-        for chunk in self.chunks(bar):
+        # Disk reads and row conversion run in a worker thread, one chunk at a time, so a large
+        # upload never blocks the event loop.
+        chunks = self.chunks(bar)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             yield chunk
 
     def options(self, task: TaskName | str, content: Callable[[], Any]) -> RequestOptions:

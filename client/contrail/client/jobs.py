@@ -16,7 +16,7 @@ from urllib.request import url2pathname
 
 from tqdm.auto import tqdm
 
-from contrail.client._base import AsyncAPI, RequestOptions, SyncAPI, check_id, make_status_error
+from contrail.client._base import AsyncAPI, RequestOptions, SyncAPI, check_id
 from contrail.client._exceptions import WaitTimeoutError
 from contrail.client.helpers import DatasetFormat, format_for_path, write_jsonl, write_parquet
 from contrail.client.pagination import AsyncCursorPage, AsyncPaginator, SyncCursorPage
@@ -142,6 +142,10 @@ def _local_path(url: str) -> Path | None:
 
 def _dataset_url(location: DatasetLocation, fmt: DatasetFormat) -> str | None:
     return location.jsonl_url if fmt == "jsonl" else location.parquet_url
+
+
+def _presigned_get(url: str) -> RequestOptions:
+    return RequestOptions("GET", url, with_auth=False)
 
 
 def _part_path(path: Path) -> Path:
@@ -325,13 +329,10 @@ class Jobs:
                 os.replace(part, target)
                 return target
             if local is None:
-                with self._client._http.stream("GET", url) as response:
-                    if not response.is_success:
-                        response.read()
-                        raise make_status_error(response)
-                    with part.open("wb") as f:
-                        for chunk in response.iter_bytes():
-                            f.write(chunk)
+                # Through the client's retry loop, without the API key (a presigned URL).
+                with self._client.stream(_presigned_get(url)) as response, part.open("wb") as f:
+                    for chunk in response.iter_bytes():
+                        f.write(chunk)
                 os.replace(part, target)
                 return target
         _write_records(list(self.results(job_id)), target, fmt)
@@ -496,21 +497,24 @@ class AsyncJobs:
         location = await self.dataset(job_id)
         url = _dataset_url(location, fmt)
         part = _part_path(target)
+        # File work runs in a worker thread, so a large dataset never blocks the event loop.
         if url is not None:
             local = _local_path(url)
-            if local is not None and local.is_file():
-                shutil.copyfile(local, part)
-                os.replace(part, target)
+            if local is not None and await asyncio.to_thread(local.is_file):
+                await asyncio.to_thread(shutil.copyfile, local, part)
+                await asyncio.to_thread(os.replace, part, target)
                 return target
             if local is None:
-                async with self._client._http.stream("GET", url) as response:
-                    if not response.is_success:
-                        await response.aread()
-                        raise make_status_error(response)
-                    with part.open("wb") as f:
+                # Through the client's retry loop, without the API key (a presigned URL).
+                async with self._client.stream(_presigned_get(url)) as response:
+                    f = await asyncio.to_thread(part.open, "wb")
+                    try:
                         async for chunk in response.aiter_bytes():
-                            f.write(chunk)
-                os.replace(part, target)
+                            await asyncio.to_thread(f.write, chunk)
+                    finally:
+                        await asyncio.to_thread(f.close)
+                await asyncio.to_thread(os.replace, part, target)
                 return target
-        _write_records([r async for r in self.results(job_id)], target, fmt)
+        records = [r async for r in self.results(job_id)]
+        await asyncio.to_thread(_write_records, records, target, fmt)
         return target

@@ -88,6 +88,9 @@ def teacher_datasets(
                 engine=engine, limit=limit, parquet=False, progress=False,
             )  # fmt: skip
             partial.replace(path)  # only a finished file counts as cached
+            errors = partial.with_suffix(".errors.jsonl")  # run_generate's item errors, if any
+            if errors.is_file():
+                errors.replace(path.with_suffix(".errors.jsonl"))
             seconds[path.name] = round(time.perf_counter() - start, 1)
             print(f"teacher {key}: {seconds[path.name]} s", flush=True)
             timings.write_text(json.dumps(_timings(timings) | seconds, indent=2) + "\n")

@@ -13,8 +13,8 @@ Checks, in order (each a line of output and an entry of the results file; docs/D
                    before a model is loaded;
 3. `equal_fp32`    the pair engine against the reference engine (transformers), fp32, on real
                    few-shot prompts: identical, or parted only at near-ties;
-4. `desync`        a 64-token step budget and a 4 MiB KV cache make pairs lose lockstep; every
-                   pair must still finish and match the reference;
+4. `desync`        a 64-token step budget and a KV cache of 1.2 contexts make pairs lose
+                   lockstep; every pair must still finish and match the reference;
 5. `bf16_reorder`  (CUDA) bf16 with FlashInfer, whose batch reordering sends SWAP moves: counts
                    them (V1), checks every pair finished in lockstep and equals the bf16
                    reference up to near-ties;
@@ -100,7 +100,21 @@ class GpuCheck:
         base: dict[str, Any] = {"runner": self.args.runner, "dtype": "float32"}
         if not self.cuda:
             base |= {"kv_cache_bytes": 256 * 1024**2, "enforce_eager": True}
-        return VllmOptions(**(base | kw))
+        else:
+            # Engines live until the process exits, and each must find its share free at start:
+            # a third of the GPU each leaves room for the three this check builds.
+            base["extra"] = {"gpu_memory_utilization": 0.3}
+        extra = {**base.get("extra", {}), **kw.pop("extra", {})}
+        return VllmOptions(**(base | kw | {"extra": extra}))
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 4) -> int:
+        """K and V of every layer for one token, from the model's config."""
+        from transformers import AutoConfig
+
+        c = AutoConfig.from_pretrained(self.model_path)
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * c.num_hidden_layers * heads * head_dim * dtype_bytes
 
     def reference(self, dtype: str = "float32") -> Any:
         from contrail.worker.engine.reference import ReferenceEngine
@@ -154,7 +168,8 @@ class GpuCheck:
         from contrail.worker.engine.vllm_pair import EngineMisconfigured, VllmPairEngine
 
         saved = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1"
+        # "true", a value the engine never writes itself: an operator's setting.
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "true"
         try:
             VllmPairEngine(self.model_path, options=self.options(runner="v1"))
         except EngineMisconfigured as exc:
@@ -199,10 +214,12 @@ class GpuCheck:
     def desync(self, check: Check) -> None:
         from contrail.worker.engine.vllm_pair import VllmPairEngine
 
+        # A KV cache of about 1.2 contexts (4 MiB on the tiny model) and a 64-token step budget:
+        # members are preempted and prefills split, so pairs lose lockstep.
         engine = VllmPairEngine(
             self.model_path,
             options=self.options(
-                kv_cache_bytes=4 * 1024**2,
+                kv_cache_bytes=max(4 * 1024**2, 1228 * self.kv_bytes_per_token()),
                 max_num_batched_tokens=64,
                 max_num_seqs=64,
                 max_model_len=1024,

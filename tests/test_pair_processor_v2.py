@@ -99,7 +99,9 @@ class _V2Runner:
             max_tokens=req.max_tokens,
             extra_args=req.spec.to_extra() if req.spec else None,
         )
-        assert self.processor.add_request(slot, params) == (req.spec is not None)
+        # True for plain requests too: the processor must see every step (the watchdog's
+        # step counter), and it leaves their rows alone.
+        assert self.processor.add_request(slot, params) is True
         self.running.append(req)
 
     def release(self, req: _Request) -> None:
@@ -323,3 +325,15 @@ def test_stop_text_reads_the_agreed_prefix_but_not_the_prompt_before_it(
 
 def _params(spec: PairSpec) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=8, extra_args=spec.to_extra())
+
+
+def test_a_batch_of_plain_requests_still_ticks_the_step_counter(tiny_model_path: Path) -> None:
+    """V2 calls apply() only for batches with a row some stage asked for; the processor asks for
+    every row, so a greedy-only wave advances the watchdog's step counter, untouched."""
+    from contrail.worker.engine.progress import STEPS
+
+    runner = _V2Runner(ContrastivePairLogitsProcessorV2, tiny_model_path, random.Random(0))
+    runner.admit(_Request("plain", [5, 6, 7], None, 4))
+    before = STEPS.steps
+    runner.step()  # checks that the plain row comes back unchanged
+    assert STEPS.steps == before + 1

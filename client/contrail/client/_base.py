@@ -313,7 +313,7 @@ class BaseClient(Generic[HttpxClientT]):
     def _build_request(self, options: RequestOptions) -> httpx.Request:
         headers = {**self.default_headers, **options.headers}
         if not options.with_auth:
-            headers.pop("Authorization", None)
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         timeout = self.timeout if isinstance(options.timeout, NotGiven) else options.timeout
         content = options.content() if options.content is not None else None
         return self._http.build_request(

@@ -26,16 +26,22 @@ BF16_TIE = 0.125
 
 @dataclass(frozen=True)
 class Divergence:
-    """Where two engines' outputs for one pair first differ, and how close the call was."""
+    """Where two engines' outputs for one pair first differ, and how close the call was.
+
+    Two tokens: the contrastive score decided, so `margin` is the best score minus the worse of
+    the two choices' scores. One side stopped (EOS) and the other went on: the stop rule ends a
+    rationale when EOS is the contrastive choice or the plain argmax of the C+ logits, so
+    `margin` is the smaller of the two distances between EOS and the best other token, on the
+    score and on the untempered log p(. | C+)."""
 
     request_id: str
     step: int  # tokens both agree on before it
-    score_gap: float  # best contrastive score minus the worse of the two engines' choices
-    plain_gap: float  # the same on log p(. | C+), which decides the stop rule
+    stop: bool  # one side ended the rationale here
+    margin: float
 
     @property
     def near_tie(self) -> bool:
-        return min(self.score_gap, self.plain_gap) <= BF16_TIE
+        return self.margin <= BF16_TIE
 
 
 def _last_logits(model: Any, ids: list[int]) -> torch.Tensor:
@@ -73,8 +79,15 @@ def first_divergence(
     score = logp_pos - s.lam * torch.log_softmax(neg, dim=-1)
     if s.alpha > 0:
         score[logp_pos < math.log(s.alpha) + logp_pos.max()] = -math.inf
+    if eos not in picks:
+        margin = float(score.max() - min(score[t] for t in picks))
+        return Divergence(request.request_id, step, False, margin)
 
-    def gap(values: torch.Tensor) -> float:
-        return float(values.max() - min(values[t] for t in picks))
+    def eos_margin(values: torch.Tensor) -> float:
+        others = values.clone()
+        others[eos] = -math.inf
+        return abs(float(values[eos] - others.max()))
 
-    return Divergence(request.request_id, step, gap(score), gap(logp_pos))
+    plain = torch.log_softmax(pos, dim=-1)  # the engines' plain argmax is on raw logits
+    margin = min(eos_margin(score), eos_margin(plain))
+    return Divergence(request.request_id, step, True, margin)

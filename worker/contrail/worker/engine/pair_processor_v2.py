@@ -115,9 +115,11 @@ class ContrastivePairLogitsProcessorV2(LogitsProcessor):
             self._aborted.discard(previous.spec.key)
         self._layout = None
         spec = PairSpec.from_params(sampling_params)
-        if spec is None:
-            return False
-        self._slots[req_idx] = _Slot(spec, stop_rule(self._stop_rules, self._texts, spec))
+        if spec is not None:
+            self._slots[req_idx] = _Slot(spec, stop_rule(self._stop_rules, self._texts, spec))
+        # True for every request, plain ones included: V2 calls apply() only for batches with a
+        # row some stage asked for, and apply() ticks the watchdog's step counter, which must
+        # advance for greedy waves too. apply() leaves rows without a pair untouched.
         return True
 
     def apply(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:

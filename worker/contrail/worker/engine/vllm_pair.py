@@ -18,6 +18,7 @@ Async scheduling stays off on both (docs/DECODING.md).
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,7 +56,8 @@ class VllmOptions:
     # Admission counts a full prompt block shared by members of a wave once (prefix caching).
     shared_prefix_admission: bool = True
     # "v1": Model Runner V1 and the V1 pair processor (tested token for token on the CPU build);
-    # "v2": Model Runner V2 and the V2 pair processor (needs Triton, so a GPU build).
+    # "v2": Model Runner V2 and the V2 pair processor (needs Triton, so a GPU build). One per
+    # process: vLLM caches its environment once the first engine starts.
     runner: str = "v1"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +75,7 @@ class _Pair:
 # In-process vLLM engines share process-wide parallel state, and collecting one tears that state
 # down for every other engine in the process. They are kept here until the process exits.
 _IN_PROCESS_ENGINES: list[Any] = []
+_WAVE_IDS = itertools.count()
 
 
 class EngineMisconfigured(RuntimeError):
@@ -108,6 +111,11 @@ def _refuse_unsafe_options(options: VllmOptions) -> None:
         raise EngineMisconfigured(
             f"engine options turn async_scheduling on: {_SYNC_ONLY}; remove it from "
             "CONTRAIL_ENGINE_OPTIONS extra"
+        )
+    if options.extra.get("enable_batch_sharded_sampling"):
+        raise EngineMisconfigured(
+            "engine options turn batch-sharded sampling on: the two rows of a pair could be "
+            "sampled on different ranks, where neither sees its partner; remove it"
         )
     if options.extra.get("speculative_config"):
         raise EngineMisconfigured(
@@ -146,6 +154,10 @@ def check_config_in_force(config: Any, runner: str = "v1") -> None:
         )
     if bool(getattr(config.scheduler_config, "async_scheduling", False)):
         raise EngineMisconfigured(f"vLLM runs with async scheduling: {_SYNC_ONLY}")
+    if getattr(getattr(config, "parallel_config", None), "enable_batch_sharded_sampling", False):
+        raise EngineMisconfigured(
+            "vLLM samples with batch sharding: the two rows of a pair could land on different ranks"
+        )
     if getattr(config, "speculative_config", None) is not None:
         raise EngineMisconfigured(
             "vLLM runs with speculative decoding: the pair processor needs one logits row per "
@@ -461,7 +473,10 @@ class VllmPairEngine(Engine):
         for pair in wave:
             pair.attempts += 1
             s = pair.request.settings
-            key = f"{pair.request.request_id}#{pair.attempts}"
+            # Unique in the process: a processor may remember a key after its rows left (V2
+            # learns of a slot's end only when the slot is reused), and a shard can be decoded
+            # again in the same process, with the same request ids and attempt numbers.
+            key = f"{pair.request.request_id}#{pair.attempts}@{next(_WAVE_IDS)}"
             agreed = pair.progress.agreed
             remaining = s.max_new_tokens - len(agreed)
             for role, ids in ((0, pair.pos_ids), (1, pair.neg_ids)):

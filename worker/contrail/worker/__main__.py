@@ -26,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--burst", action="store_true", help="drain the queue, then exit")
     parser.add_argument("--check", action="store_true", help="healthcheck exit code")
     parser.add_argument("--model", help="override CONTRAIL_MODEL")
-    parser.add_argument("--engine", choices=["vllm", "reference"], help="override CONTRAIL_ENGINE")
+    parser.add_argument(
+        "--engine", choices=["vllm", "reference", "simulated"], help="override CONTRAIL_ENGINE"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("CONTRAIL_LOG_LEVEL", "INFO"),

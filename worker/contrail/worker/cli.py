@@ -85,7 +85,7 @@ def register(registry: CommandRegistry) -> None:
         help="run a queue worker; settings from CONTRAIL_* environment variables",
     )
     p.add_argument("--model", default=None, help="model to serve (default $CONTRAIL_MODEL)")
-    p.add_argument("--engine", choices=["vllm", "reference"], default=None)
+    p.add_argument("--engine", choices=["vllm", "reference", "simulated"], default=None)
     p.add_argument(
         "--check",
         action="store_true",

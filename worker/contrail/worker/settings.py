@@ -24,7 +24,11 @@ class WorkerSettings(CommonSettings):
     model_cache_dir: Path | None = Field(
         default=None, description="Prepared-model cache (default $CONTRAIL_CACHE_DIR/models)."
     )
-    engine: Literal["vllm", "reference"] = "vllm"
+    engine: Literal["vllm", "reference", "simulated"] = Field(
+        default="vllm",
+        description="vllm (production), reference (plain torch), or simulated (no model: "
+        "sleeps as long as a GPU profile says; for fleet-scale benchmarks).",
+    )
     engine_options: dict[str, object] = Field(default_factory=dict)
     batch_shards: int = Field(
         default=8, ge=1, description="Shards read per wave (XREADGROUP COUNT)."

@@ -1,7 +1,8 @@
 """Build the engine a worker or the offline CLI decodes with.
 
 "vllm" is the production pair engine; "reference" the plain torch engine (the oracle, and the
-fallback where vLLM is not installed); "auto" picks vLLM when it imports.
+fallback where vLLM is not installed); "auto" picks vLLM when it imports. "simulated" has no
+model: it sleeps as long as a GPU profile says (fleet-scale benchmarks only).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Literal
 
 from contrail.worker.engine.base import Engine
 
-EngineKind = Literal["auto", "vllm", "reference"]
+EngineKind = Literal["auto", "vllm", "reference", "simulated"]
 
 
 def vllm_available() -> bool:
@@ -28,10 +29,14 @@ def create_engine(
     options: Mapping[str, Any] | None = None,
 ) -> Engine:
     """`model` is a name known to contrail.worker.models (prepared on first use) or a folder."""
+    opts = dict(options or {})
+    if kind == "simulated":  # no model to resolve: the name is only what jobs ask for
+        from contrail.worker.engine.simulated import SimulatedEngine
+
+        return SimulatedEngine(model, **opts)
     from contrail.worker.models import resolve_model
 
     spec = resolve_model(model, cache_dir)
-    opts = dict(options or {})
     if kind == "vllm" or (kind == "auto" and vllm_available()):
         from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
 

@@ -14,9 +14,13 @@ fixed message (the cause goes to the log and the dead-letter stream), its shard 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from contrail.client.types import (
@@ -28,6 +32,7 @@ from contrail.client.types import (
     Usage,
 )
 from contrail.core.jobs import protocol, states
+from contrail.core.jobs.protocol import CountedAttempt
 from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.record import JobRecord
 from contrail.core.signals import record_signals
@@ -41,6 +46,8 @@ from contrail.worker.job_quality import JobLas, LasReader, job_las
 from contrail.worker.resilience import RedisGuard
 
 log = logging.getLogger("contrail.worker")
+# Shards downloaded ahead of the one being merged (threads: storage calls release the GIL).
+PREFETCH_SHARDS = 4
 
 
 class Finalizer:
@@ -121,16 +128,13 @@ class Finalizer:
         las: JobLas | None = None
         with tempfile.TemporaryDirectory(prefix="contrail-final-", dir=self.scratch_dir) as tmp:
             with DatasetWriter(Path(tmp) / "dataset") as writer:
-                for shard, attempt in counted.items():
-                    records_key, errors_key = shard_output_keys(job.id, shard, attempt.attempt)
-                    if attempt.completed:
-                        for line in self.storage.read_lines(records_key):
-                            record = RationaleRecord.model_validate_json(line)
-                            writer.write(record)
-                            quality.add(record_signals(record))
-                    if attempt.failed:
-                        for line in self.storage.read_lines(errors_key):
-                            writer.write(ItemError.model_validate_json(line))
+                for record_lines, error_lines in self._shard_lines(job.id, counted):
+                    for line in record_lines:
+                        record = RationaleRecord.model_validate_json(line)
+                        writer.write(record)
+                        quality.add(record_signals(record))
+                    for line in error_lines:
+                        writer.write(ItemError.model_validate_json(line))
             if (writer.records, writer.errors) != (job.completed, job.failed):
                 raise RuntimeError(
                     f"counted shards hold {writer.records} records and {writer.errors} errors; "
@@ -147,6 +151,32 @@ class Finalizer:
         manifest = _manifest(job, keys, quality, las)
         self.storage.put(keys["manifest"], manifest.model_dump_json(indent=2).encode())
         return writer.records, writer.errors
+
+    def _shard_lines(
+        self, job_id: str, counted: dict[int, CountedAttempt]
+    ) -> Iterator[tuple[list[bytes], list[bytes]]]:
+        """Each counted attempt's (record lines, error lines), in shard order. The next
+        PREFETCH_SHARDS are downloaded in threads while this one is merged, so storage latency
+        hides behind the merge's CPU (a 1M-item job has thousands of shards); memory stays
+        bounded by that many shards' lines."""
+
+        def fetch(attempt: CountedAttempt) -> tuple[list[bytes], list[bytes]]:
+            records_key, errors_key = shard_output_keys(job_id, attempt.shard, attempt.attempt)
+            records = self.storage.read_lines(records_key) if attempt.completed else []
+            errors = self.storage.read_lines(errors_key) if attempt.failed else []
+            return records, errors
+
+        attempts = iter(counted.values())
+        with ThreadPoolExecutor(PREFETCH_SHARDS, thread_name_prefix="merge-fetch") as pool:
+            window: deque[Future[tuple[list[bytes], list[bytes]]]] = deque(
+                pool.submit(fetch, a) for a in itertools.islice(attempts, PREFETCH_SHARDS)
+            )
+            while window:
+                lines = window.popleft().result()
+                nxt = next(attempts, None)
+                if nxt is not None:
+                    window.append(pool.submit(fetch, nxt))
+                yield lines
 
 
 class FinalizeRetry(Exception):

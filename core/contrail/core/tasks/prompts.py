@@ -17,6 +17,7 @@ answer stated in the answer sentence a choices list adds tokens and no informati
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Sequence
 from typing import Final
@@ -137,14 +138,36 @@ def render_block(
     return f"{head} {' '.join(rationale.split())}"
 
 
+@functools.lru_cache(maxsize=512)
+def _demonstration_block(
+    task: TaskName,
+    question: str,
+    choices: tuple[str, ...] | None,
+    answer: str,
+    rationale: str,
+    template: PromptTemplate | None,
+) -> str:
+    return render_block(task, question, choices, answer, rationale, template)
+
+
+def demonstration_block(
+    task: TaskName, demonstration: Demonstration, template: PromptTemplate | None = None
+) -> str:
+    """A demonstration's block, rendered once per distinct demonstration: every prompt of a job
+    repeats the same few, and rendering them was most of a decode worker's CPU per item
+    (bench/scale.py). 512 entries bound the cache: demonstrations are bounded in size and
+    number per job (docs/API.md)."""
+    d = demonstration
+    choices = tuple(d.choices) if d.choices is not None else None
+    return _demonstration_block(task, d.question, choices, d.answer, d.rationale, template)
+
+
 def demonstrations_length(
     task: TaskName, demonstrations: Sequence[Demonstration], template: PromptTemplate | None = None
 ) -> int:
     """Characters the demonstration blocks (and their separators) add before a query block."""
     return sum(
-        len(render_block(task, d.question, d.choices, d.answer, d.rationale, template))
-        + len(BLOCK_SEPARATOR)
-        for d in demonstrations
+        len(demonstration_block(task, d, template)) + len(BLOCK_SEPARATOR) for d in demonstrations
     )
 
 
@@ -156,9 +179,6 @@ def build_prompt(
     template: PromptTemplate | None = None,
 ) -> str:
     """Demonstrations then the query, whose answer slot holds `answer` (gold, wrong or "")."""
-    blocks = [
-        render_block(task, d.question, d.choices, d.answer, d.rationale, template)
-        for d in demonstrations
-    ]
+    blocks = [demonstration_block(task, d, template) for d in demonstrations]
     blocks.append(render_block(task, query.question, query.choices, answer, None, template))
     return BLOCK_SEPARATOR.join(blocks)

@@ -55,7 +55,11 @@ from provenance import git_sha  # noqa: E402
 from tests.servers import ApiServer, Valkey, WorkerProc, seaweed  # noqa: E402
 
 MODEL = "sim-8b"
-TENANTS = {"alpha": "sk-scale-alpha-key", "beta": "sk-scale-beta-key", "gamma": "sk-scale-gamma-key"}
+TENANTS = {
+    "alpha": "sk-scale-alpha-key",
+    "beta": "sk-scale-beta-key",
+    "gamma": "sk-scale-gamma-key",
+}
 DECODING = {"max_new_tokens": 64}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TERMINAL = ("completed", "failed", "cancelled", "expired")

@@ -34,8 +34,8 @@ from provenance import git_sha  # noqa: E402
 
 from contrail.client.types import DecodingMode, DecodingSettings, Item, TaskName  # noqa: E402
 from contrail.core.tasks.formats import load_items  # noqa: E402
-from contrail.worker import pipeline  # noqa: E402
 from contrail.worker.engine.base import DecodeRequest  # noqa: E402
+from contrail.worker.generation import pipeline  # noqa: E402
 
 TASK_FILES: dict[TaskName, Path] = {
     TaskName.STRATEGYQA: SHARED_DATA / "strategyqa" / "dev.json",

@@ -42,7 +42,7 @@ from contrail.distill.student.evaluate import StudentEval, compare, evaluate
 from contrail.distill.student.hf import HFStudent
 from contrail.distill.student.train import TrainConfig, TrainReport, train
 from contrail.worker.engine.factory import create_engine
-from contrail.worker.offline import run_generate
+from contrail.worker.generation.offline import run_generate
 
 DECODINGS: dict[str, DecodingSettings] = {
     "greedy": DecodingSettings(mode=DecodingMode.GREEDY),

@@ -14,7 +14,7 @@
      liveness and startup the `healthz` route (contrail.service.routers.health); a Service and a
      HorizontalPodAutoscaler point at it;
    - workers: the startup probe is the image's HEALTHCHECK; the liveness probe runs it and fails
-     only on `contrail.worker.health.NO_WORKER`; terminationGracePeriodSeconds exceeds the
+     only on `contrail.worker.consumer.health.NO_WORKER`; terminationGracePeriodSeconds exceeds the
      worker's CONTRAIL_SHUTDOWN_GRACE_S (WorkerSettings) by at least GRACE_MARGIN_S;
    - finalizers: a worker image whose only override is `args: FINALIZER_ARGS`; probes run
      `contrail serve finalizer --check` the same way; the same grace rule; no GPU;
@@ -182,7 +182,7 @@ def load_code(dockerfile: Path) -> Code:
     from contrail.core.jobs import keys
     from contrail.service.routers import health as api_health
     from contrail.service.settings import ApiSettings
-    from contrail.worker import health as worker_health
+    from contrail.worker.consumer import health as worker_health
     from contrail.worker.settings import WorkerSettings
 
     routes = {

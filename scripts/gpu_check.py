@@ -62,7 +62,7 @@ def _requests(n: int, max_new_tokens: int, greedy: bool = False) -> list[Any]:
     from importlib import resources
 
     from contrail.client.types import DecodingMode, DecodingSettings, Item, TaskName
-    from contrail.worker import pipeline
+    from contrail.worker.generation import pipeline
 
     requests: list[Any] = []
     mode = DecodingMode.GREEDY if greedy else DecodingMode.CONTRASTIVE

@@ -117,7 +117,7 @@ def generate(
     args: argparse.Namespace, limits: dict[str, int], on_done: Callable[[str, str], None]
 ) -> dict[str, Any]:
     from contrail.worker.engine.factory import create_engine
-    from contrail.worker.offline import run_generate
+    from contrail.worker.generation.offline import run_generate
 
     start = time.perf_counter()
     engine = create_engine(args.engine, args.model)

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 
 from contrail.core.dataset_schema import RECORD_SCHEMA
-from contrail.worker.dataset_writer import batch_table
+from contrail.worker.generation.dataset_writer import batch_table
 
 
 def test_arrows_json_reader_builds_the_same_table_as_python_did() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from contrail.core.jobs import keys
-from contrail.worker.item_errors import FINALIZE_FAILED
+from contrail.worker.generation.item_errors import FINALIZE_FAILED
 from tests.faults import (
     assert_exactly_once,
     create_job,

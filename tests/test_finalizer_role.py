@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from contrail.core.jobs import keys
+from contrail.worker.consumer.loop import Worker
 from contrail.worker.engine.factory import create_engine
-from contrail.worker.loop import Worker
 from tests.faults import assert_exactly_once, create_job, item_ids, job, redis_client, shards_of
 from tests.service_fixtures import METRICS_TOKEN, Stack, announce_worker
 

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from contrail.client.types import Manifest
+from contrail.worker.consumer.finalize import Finalizer
+from contrail.worker.consumer.job_quality import COMPUTED_ONCE, NOT_LOADED, LasReader, las_key
+from contrail.worker.consumer.loop import Worker
 from contrail.worker.engine.base import Engine
 from contrail.worker.engine.factory import create_engine
-from contrail.worker.finalize import Finalizer
-from contrail.worker.job_quality import COMPUTED_ONCE, NOT_LOADED, LasReader, las_key
-from contrail.worker.loop import Worker
 from tests.service_fixtures import Stack, announce_worker, yes_no_items
 
 DECODING = {"max_new_tokens": 12, "counterfactual_fraction": 0.5}

@@ -23,7 +23,7 @@ import yaml
 from contrail.core.jobs import keys, protocol
 from contrail.core.jobs.protocol import ShardOutcome
 from contrail.core.jobs.queue import JobQueue
-from contrail.worker import health
+from contrail.worker.consumer import health
 from tests.servers import valkey
 from tests.test_job_protocol import _create
 

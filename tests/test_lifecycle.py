@@ -12,10 +12,10 @@ from typing import Any
 from contrail.core.jobs import keys
 from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.reconciler import Reconciler
+from contrail.worker.consumer.finalize import Finalizer
+from contrail.worker.consumer.loop import Worker
+from contrail.worker.consumer.shards import ShardProcessor
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine
-from contrail.worker.finalize import Finalizer
-from contrail.worker.loop import Worker
-from contrail.worker.shards import ShardProcessor
 from tests.faults import (
     assert_exactly_once,
     create_job,
@@ -253,7 +253,7 @@ def test_an_item_the_engine_fails_on_fails_alone(stack: Stack, tiny_engine: Engi
 def test_giving_messages_back_clears_their_poison_marks(stack: Stack, tiny_engine: Engine) -> None:
     """A worker that gives its shards back on purpose (SIGTERM past the grace period) was not
     stopped by the item it was decoding: the next delivery must not set that item aside."""
-    from contrail.worker.poison import PoisonLedger
+    from contrail.worker.consumer.poison import PoisonLedger
 
     announce_worker(stack)
     job_id = create_job(stack, 8, DECODING)

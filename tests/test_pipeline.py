@@ -32,8 +32,8 @@ from contrail.core.tasks.perturb import (
     pick_wrong_answer,
 )
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine, EngineStats
-from contrail.worker.item_errors import MESSAGES
-from contrail.worker.pipeline import (
+from contrail.worker.generation.item_errors import MESSAGES
+from contrail.worker.generation.pipeline import (
     error_code,
     generate,
     plan,

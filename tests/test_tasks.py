@@ -277,7 +277,8 @@ def test_parse_line_for_streaming_validation() -> None:
 def test_task_modules_import_without_torch() -> None:
     code = (
         "import sys, contrail.core.tasks.formats, contrail.core.tasks.prompts, "
-        "contrail.core.tasks.demos, contrail.core.tasks.perturb, contrail.worker.pipeline\n"
+        "contrail.core.tasks.demos, contrail.core.tasks.perturb, "
+        "contrail.worker.generation.pipeline\n"
         "heavy = [m for m in ('torch', 'transformers', 'vllm') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )

@@ -28,7 +28,6 @@ from contrail.client.types import (
     TaskName,
 )
 from contrail.core.tasks.formats import load_items
-from contrail.worker import pipeline
 from contrail.worker.engine.agreement import first_divergence
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult
 from contrail.worker.engine.reference import ReferenceEngine
@@ -38,6 +37,7 @@ from contrail.worker.engine.vllm_pair import (
     VllmPairEngine,
     check_config_in_force,
 )
+from contrail.worker.generation import pipeline
 from tests.research_data import DATA
 
 from .oracle import assert_equals_contrastive_loop, cfg_generate
@@ -414,7 +414,7 @@ def test_the_worker_refuses_async_scheduling_and_model_runner_v2(
 ) -> None:
     """Settings the pair processor cannot run under stop the worker at start, with the reason,
     before a model is loaded."""
-    from contrail.worker.loop import make_engine
+    from contrail.worker.consumer.loop import make_engine
     from contrail.worker.settings import WorkerSettings
 
     settings = WorkerSettings(

@@ -50,7 +50,7 @@ def test_another_line_is_refused_unless_allowed(caplog: pytest.LogCaptureFixture
 def test_worker_start_refuses_before_loading_a_model(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from contrail.worker.loop import make_engine
+    from contrail.worker.consumer.loop import make_engine
     from contrail.worker.settings import WorkerSettings
 
     # The installed build is the tested one; pretend the metadata says otherwise.

@@ -10,9 +10,9 @@ from typing import Any
 
 from contrail.client.cli.base import EXIT_ENGINE_STALLED
 from contrail.core.jobs import keys
+from contrail.worker.consumer.watchdog import WatchedEngine
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine, EngineStats
 from contrail.worker.engine.progress import STEPS
-from contrail.worker.watchdog import WatchedEngine
 from tests.faults import assert_exactly_once, create_job, item_ids, job, redis_client
 from tests.service_fixtures import Stack
 

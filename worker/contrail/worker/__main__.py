@@ -4,7 +4,7 @@
 Settings come from CONTRAIL_* variables (`contrail.worker.settings.WorkerSettings`); the
 flags override the model and the engine. ``--finalizer`` runs a finalizer (no engine: it merges
 finished jobs' datasets) instead of a decode worker. ``--burst`` drains the queue and exits;
-``--check`` is a container healthcheck (see `contrail.worker.health`).
+``--check`` is a container healthcheck (see `contrail.worker.consumer.health`).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if updates:
         settings = settings.model_copy(update=updates)
     if args.check:
-        from contrail.worker.health import check
+        from contrail.worker.consumer.health import check
 
         return check(settings, finalizer=args.finalizer)
-    from contrail.worker.loop import Worker
+    from contrail.worker.consumer.loop import Worker
 
     worker = Worker(settings, burst=args.burst, role="finalizer" if args.finalizer else "decode")
     signal.signal(signal.SIGTERM, worker.handle_signal)

@@ -35,7 +35,7 @@ def cmd_serve_worker(args: argparse.Namespace) -> int:
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
     models = lazy("contrail.worker.models", "worker")
-    hub = lazy("contrail.worker.hub", "worker")
+    hub = lazy("contrail.worker.models.hub", "worker")
     started = time.monotonic()
     print(f"preparing {args.name or DEFAULT_MODEL} ...", file=sys.stderr)
     try:
@@ -58,7 +58,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit must be at least 1")
     settings = decoding_settings(args)
-    offline = lazy("contrail.worker.offline", "worker")
+    offline = lazy("contrail.worker.generation.offline", "worker")
     try:
         summary = offline.run_generate(
             src,

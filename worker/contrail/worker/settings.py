@@ -50,7 +50,7 @@ class WorkerSettings(CommonSettings):
         gt=0,
         description="A worker whose engine is inside a call without a decoding step for this "
         "long gives its shards back (a delivery spent), exits with status 75 and says why "
-        "(contrail.worker.watchdog).",
+        "(contrail.worker.consumer.watchdog).",
     )
     storage_retry_s: float = Field(
         default=600.0,

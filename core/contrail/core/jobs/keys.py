@@ -7,7 +7,8 @@ contrail:job:<job_id>:done            hash   shard index -> "<attempt> <complete
 contrail:job:<job_id>:shards          hash   shard index -> "<items> <rationales>" (planned sizes;
                                              lets the reconciler re-enqueue a lost shard)
 contrail:job:<job_id>:poison:<shard>  hash   a redelivered shard's poison ledger: the item in
-                                             flight, the items set aside (worker/poison.py; TTL)
+                                             flight, the items set aside (TTL; see
+                                             worker/contrail/worker/consumer/poison.py)
 contrail:jobs:active                  zset   non-terminal job ids -> expiry time (reconciler)
 contrail:jobs:progress                zset   non-terminal job ids -> time of their last progress
                                              (created, a shard counted, frozen): the

@@ -40,10 +40,10 @@ from contrail.core.storage import Storage, dataset_keys, shard_output_keys
 from contrail.distill.export import load_records
 from contrail.distill.options import DEFAULT_LAYER, DEFAULT_SIMULATOR
 from contrail.distill.report import QualityTotals
-from contrail.worker.dataset_writer import DatasetWriter
-from contrail.worker.item_errors import FINALIZE_FAILED
-from contrail.worker.job_quality import JobLas, LasReader, job_las
-from contrail.worker.resilience import RedisGuard
+from contrail.worker.consumer.job_quality import JobLas, LasReader, job_las
+from contrail.worker.consumer.resilience import RedisGuard
+from contrail.worker.generation.dataset_writer import DatasetWriter
+from contrail.worker.generation.item_errors import FINALIZE_FAILED
 
 log = logging.getLogger("contrail.worker")
 # Shards downloaded ahead of the one being merged (threads: storage calls release the GIL).

@@ -16,10 +16,10 @@ from tqdm import tqdm
 from contrail.client.jobs import DEFAULT_MODEL
 from contrail.client.types import DecodingSettings, Demonstration, ItemError, TaskName
 from contrail.core.tasks.formats import load_items
-from contrail.worker import pipeline
-from contrail.worker.dataset_writer import DatasetWriter
 from contrail.worker.engine.base import Engine
 from contrail.worker.engine.factory import EngineKind, create_engine
+from contrail.worker.generation import pipeline
+from contrail.worker.generation.dataset_writer import DatasetWriter
 
 
 class GenerateSummary(BaseModel):

@@ -15,9 +15,9 @@ cleanly. One loop, two roles:
 - SIGTERM/SIGINT: stop reading, finish the wave in hand (the heartbeat keeps running), exit 0.
   If the wave outlasts `shutdown_grace_s`, or on a second signal, the messages in hand are given
   back to the queue without spending a delivery, and the process exits 0.
-- Watchdog (`contrail.worker.watchdog`): before each beat the heartbeat asks whether the engine
-  has been inside a call without a decoding step for `engine_stall_s`; if so, the worker gives
-  its messages back (a delivery spent), says why and exits with status 75 (EX_TEMPFAIL).
+- Watchdog (`contrail.worker.consumer.watchdog`): before each beat the heartbeat asks whether the
+  engine has been inside a call without a decoding step for `engine_stall_s`; if so, the worker
+  gives its messages back (a delivery spent), says why and exits with status 75 (EX_TEMPFAIL).
 - A failure while processing never strands messages: those still in hand stop being touched, so
   they go idle and are redelivered (spending a delivery; enough failures dead-letter them).
 - The reconciler (`contrail.core.jobs.reconciler`) runs in a thread of every worker too.
@@ -39,14 +39,14 @@ from contrail.core.jobs import keys, protocol
 from contrail.core.jobs.queue import JobQueue, QueueMessage, Role
 from contrail.core.jobs.reconciler import Reconciler, ReconcilerThread
 from contrail.core.storage import Storage, StorageUnavailable
+from contrail.worker.consumer.finalize import Finalizer, FinalizeRetry
+from contrail.worker.consumer.job_quality import LasReader
+from contrail.worker.consumer.poison import clear_in_flight
+from contrail.worker.consumer.resilience import Abandoned, RedisGuard
+from contrail.worker.consumer.shards import ShardProcessor
+from contrail.worker.consumer.watchdog import EXIT_ENGINE_STALLED, WatchedEngine
 from contrail.worker.engine.base import Engine
-from contrail.worker.finalize import Finalizer, FinalizeRetry
-from contrail.worker.job_quality import LasReader
-from contrail.worker.poison import clear_in_flight
-from contrail.worker.resilience import Abandoned, RedisGuard
 from contrail.worker.settings import WorkerSettings
-from contrail.worker.shards import ShardProcessor
-from contrail.worker.watchdog import EXIT_ENGINE_STALLED, WatchedEngine
 
 log = logging.getLogger("contrail.worker")
 

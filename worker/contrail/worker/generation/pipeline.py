@@ -41,7 +41,12 @@ from contrail.core.tasks.prompts import (
     render_block,
 )
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest, DecodeResult, Engine
-from contrail.worker.item_errors import error_code, item_error, log_engine_errors, message
+from contrail.worker.generation.item_errors import (
+    error_code,
+    item_error,
+    log_engine_errors,
+    message,
+)
 
 _ID_SEPARATOR: Final = "#"
 

@@ -11,7 +11,7 @@ own files and changes nothing else.
 When the engine raises on a wave, the wave is split in halves and retried until the shard that
 fails alone is found: only that one is charged a failed delivery, its wave-mates are counted.
 A redelivered shard (its earlier delivery's worker may have died on one of its items) is decoded
-on its own, an item at a time, under the poison ledger of `contrail.worker.poison`.
+on its own, an item at a time, under the poison ledger of `contrail.worker.consumer.poison`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.record import JobRecord
 from contrail.core.jobs.sizing import owed_tags
 from contrail.core.storage import Storage, shard_output_keys
+from contrail.worker.consumer.poison import PoisonLedger
+from contrail.worker.consumer.resilience import RedisGuard
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine
-from contrail.worker.pipeline import Plan, plan, split_request_id, to_records
-from contrail.worker.poison import PoisonLedger
-from contrail.worker.resilience import RedisGuard
+from contrail.worker.generation.pipeline import Plan, plan, split_request_id, to_records
 
 log = logging.getLogger("contrail.worker")
 

@@ -261,7 +261,7 @@ def test_giving_messages_back_clears_their_poison_marks(stack: Stack, tiny_engin
     worker.startup()
     try:
         (msg,) = worker.fetch()
-        ledger = PoisonLedger(worker.r, job_id, msg.shard)
+        ledger = PoisonLedger(worker.redis, job_id, msg.shard)
         ledger.in_flight("q000003")  # as if the worker were decoding it alone when told to stop
         worker.release()
         assert ledger.settle() == set()
@@ -324,7 +324,7 @@ def test_finalize_again_is_byte_identical(make_stack: Any, tiny_engine: Engine) 
             worker.process([m for m in worker.fetch() if m.kind == "shard"])
         # the decode worker never finalizes: the finalize message is the finalizers'
         assert not [m for m in worker.queue.live_messages() if m.kind == "finalize"]
-        finalizers = JobQueue.finalizers(worker.r)
+        finalizers = JobQueue.finalizers(worker.redis)
         finalizers.ensure_group()
         finals = finalizers.read("test-finalizer", 10, None)
         assert [(m.kind, m.job_id) for m in finals] == [("finalize", job_id)]

@@ -35,7 +35,7 @@ from contrail.core.jobs import protocol, states
 from contrail.core.jobs.protocol import CountedAttempt
 from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.record import JobRecord
-from contrail.core.signals import record_signals
+from contrail.core.quality_signals import record_signals
 from contrail.core.storage import Storage, dataset_keys, shard_output_keys
 from contrail.distill.export import load_records
 from contrail.distill.options import DEFAULT_LAYER, DEFAULT_SIMULATOR

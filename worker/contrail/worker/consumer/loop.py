@@ -67,6 +67,12 @@ def make_engine(settings: WorkerSettings) -> Engine:
     )
 
 
+# How long a hard exit (grace period over, or the watchdog) waits for the engine to close, which
+# stops vLLM's engine-core process and frees its memory. Longer means the engine is wedged (the
+# watchdog's case): the worker exits anyway rather than hang on it.
+ENGINE_CLOSE_S = 10.0
+
+
 class Worker:
     def __init__(
         self,
@@ -77,20 +83,20 @@ class Worker:
         worker_id: str | None = None,
         role: Role = "decode",
     ) -> None:
-        self.s = settings
+        self.settings = settings
         self.burst = burst
         self.role: Role = role
         self.host = socket.gethostname()
         self.id = worker_id or f"{self.host}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
-        self.r = redis.Redis.from_url(
+        self.redis = redis.Redis.from_url(
             settings.redis_url,
             socket_timeout=settings.block_ms / 1000 + 10,
             socket_connect_timeout=5,
         )
         self.queue = (
-            JobQueue.finalizers(self.r)
+            JobQueue.finalizers(self.redis)
             if role == keys.FINALIZER
-            else JobQueue(self.r, settings.model_id)
+            else JobQueue(self.redis, settings.model_id)
         )
         self.storage = Storage(settings.storage_url, retry_for_s=settings.storage_retry_s)
         self.engine = engine
@@ -111,7 +117,7 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
     def startup(self) -> None:
         if self.engine is None and self.role == keys.DECODE:
-            self.engine = make_engine(self.s)
+            self.engine = make_engine(self.settings)
         if self.engine is not None and not isinstance(self.engine, WatchedEngine):
             self.engine = WatchedEngine(self.engine)
         self.guard.call(self.queue.ensure_group)
@@ -120,15 +126,17 @@ class Worker:
         self._heartbeat.daemon = True
         self._heartbeat.start()
         reconciler = Reconciler(
-            self.r,
+            self.redis,
             self.storage,
             owner=f"worker-{self.id}",
-            stall_s=self.s.reconcile_stall_s,
-            lease_s=max(3 * self.s.reconcile_interval_s, 5.0),
+            stall_s=self.settings.reconcile_stall_s,
+            lease_s=max(3 * self.settings.reconcile_interval_s, 5.0),
         )
-        self._reconciler = ReconcilerThread(reconciler, self.s.reconcile_interval_s)
+        self._reconciler = ReconcilerThread(reconciler, self.settings.reconcile_interval_s)
         self._reconciler.start()
-        what = "finalizes jobs" if self.role == keys.FINALIZER else f"serves {self.s.model_id}"
+        what = (
+            "finalizes jobs" if self.role == keys.FINALIZER else f"serves {self.settings.model_id}"
+        )
         log.info("%s %s %s from %s", self.role, self.id, what, self.queue.stream)
 
     def run(self) -> int:
@@ -178,7 +186,7 @@ class Worker:
             return
         if not spend:
             with contextlib.suppress(redis.RedisError):
-                clear_in_flight(self.r, held)
+                clear_in_flight(self.redis, held)
         try:
             n = self.queue.run(protocol.release(self.queue.stream, ids, spend=spend))
             log.info("gave %d message(s) back to the queue", n)
@@ -194,7 +202,7 @@ class Worker:
         if self._signals == 1:
             log.info("signal %s: finishing the wave in hand, then stopping", signum)
             self.stopping.set()
-            timer = threading.Timer(self.s.shutdown_grace_s, self._stop_now)
+            timer = threading.Timer(self.settings.shutdown_grace_s, self._stop_now)
             timer.daemon = True
             timer.start()
         else:
@@ -207,7 +215,31 @@ class Worker:
         self.exiting.set()
         with contextlib.suppress(redis.RedisError):
             self.queue.retire(self.id)
+        self.close_engine_within(ENGINE_CLOSE_S)
+        logging.shutdown()
         os._exit(0)
+
+    def close_engine_within(self, seconds: float) -> bool:
+        """Close the engine before a hard exit, so that its engine-core process and device memory
+        go with this one, but wait on it at most `seconds`: the main thread may be inside the
+        engine, and a hung engine must not keep a stopping worker alive. True if it closed."""
+        engine = self.engine
+        if engine is None:
+            return True
+
+        def close() -> None:
+            try:
+                engine.close()
+            except Exception as exc:  # exiting anyway: say so, and go on
+                log.warning("closing the engine failed: %s", exc)
+
+        closer = threading.Thread(target=close, name="engine-close", daemon=True)
+        closer.start()
+        closer.join(seconds)
+        if closer.is_alive():
+            log.warning("the engine did not close within %.0f s; exiting without it", seconds)
+            return False
+        return True
 
     # ------------------------------------------------------------------ heartbeat
     def _beat(self, stalled_s: float = 0.0) -> None:
@@ -215,23 +247,23 @@ class Worker:
             ids = sorted(self.in_hand)
         info: dict[str, str | int] = {
             "pid": os.getpid(),
-            "engine": self.s.engine if self.role == keys.DECODE else "none",
+            "engine": self.settings.engine if self.role == keys.DECODE else "none",
             # what the health check (the liveness probe) reads: the watchdog's own signal
             "engine_stalled_s": f"{stalled_s:.1f}",
             "waves": self.waves,
             "in_hand": len(ids),
             "beat_at": f"{time.time():.3f}",
         }
-        self.queue.announce(self.id, info, self.s.heartbeat_ttl_s)
-        self.queue.touch(self.id, ids, self.s.claim_idle_ms // 2)
+        self.queue.announce(self.id, info, self.settings.heartbeat_ttl_s)
+        self.queue.touch(self.id, ids, self.settings.claim_idle_ms // 2)
 
     def _stalled_s(self) -> float:
         return self.engine.stalled_for() if isinstance(self.engine, WatchedEngine) else 0.0
 
     def _heartbeat_loop(self) -> None:
-        while not self.exiting.wait(self.s.heartbeat_interval_s):
+        while not self.exiting.wait(self.settings.heartbeat_interval_s):
             stalled = self._stalled_s()
-            if stalled >= self.s.engine_stall_s:
+            if stalled >= self.settings.engine_stall_s:
                 self._engine_stalled(stalled)
             try:
                 self._beat(stalled)
@@ -247,7 +279,7 @@ class Worker:
             "engine stalled: no decoding step for %.0f s (CONTRAIL_ENGINE_STALL_S=%g); giving "
             "back %d message(s) and exiting with status %d",
             seconds,
-            self.s.engine_stall_s,
+            self.settings.engine_stall_s,
             len(self.in_hand),
             EXIT_ENGINE_STALLED,
         )
@@ -256,19 +288,20 @@ class Worker:
             self.release(spend=True)
         with contextlib.suppress(Exception):
             self.queue.retire(self.id)
+        self.close_engine_within(ENGINE_CLOSE_S)  # a hung engine may never close
         logging.shutdown()
         os._exit(EXIT_ENGINE_STALLED)
 
     # ------------------------------------------------------------------ reading
     def fetch(self) -> list[QueueMessage]:
-        n = self.s.batch_shards
+        n = self.settings.batch_shards
         msgs: list[QueueMessage] = []
-        if self.guard.up_for() * 1000 >= self.s.claim_idle_ms:
-            msgs = self.guard.call(self.queue.reclaim, self.id, self.s.claim_idle_ms, n)
+        if self.guard.up_for() * 1000 >= self.settings.claim_idle_ms:
+            msgs = self.guard.call(self.queue.reclaim, self.id, self.settings.claim_idle_ms, n)
             if msgs:
                 log.info("reclaimed %d idle message(s)", len(msgs))
         if len(msgs) < n and not self.stopping.is_set():
-            block = None if msgs else self.s.block_ms
+            block = None if msgs else self.settings.block_ms
             msgs += self.guard.call(self.queue.read, self.id, n - len(msgs), block)
         with self._lock:
             self.in_hand.update((m.id, m) for m in msgs)
@@ -313,8 +346,8 @@ class Worker:
             self.storage,
             self.engine,
             self.guard,
-            model=self.s.model_id,
-            max_deliveries=self.s.max_deliveries,
+            model=self.settings.model_id,
+            max_deliveries=self.settings.max_deliveries,
             done_with=self._done_with,
         )
         work = []
@@ -338,7 +371,9 @@ class Worker:
     def _forward(self, msg: QueueMessage) -> None:
         """A finalize message in a model's stream (queued before the finalizer role existed):
         re-queue it on the finalize stream (the script checks the job is frozen), then drop it."""
-        self.guard.call(self.queue.run, protocol.requeue(msg.job_id, self.s.model_id, [], True))
+        self.guard.call(
+            self.queue.run, protocol.requeue(msg.job_id, self.settings.model_id, [], True)
+        )
         self.guard.call(self.queue.ack, msg.id)
         self._done_with(msg)
         log.info("job %s: moved its finalize message to the finalizers", msg.job_id)
@@ -346,7 +381,7 @@ class Worker:
     def _failed(self, shards: ShardProcessor, msg: QueueMessage) -> None:
         """A shard that failed this delivery: dead-letter it on its last delivery, else let it
         go idle for a redelivery."""
-        if msg.deliveries >= self.s.max_deliveries:
+        if msg.deliveries >= self.settings.max_deliveries:
             job = self.guard.call(self.queue.job, msg.job_id)
             shards.dead_letter(msg, job, f"failed on delivery {msg.deliveries}")
         else:
@@ -362,9 +397,9 @@ class Worker:
             self.queue,
             self.storage,
             self.guard,
-            max_deliveries=self.s.max_deliveries,
-            retention_s=self.s.job_retention_s,
-            scratch_dir=self.s.scratch_dir,
+            max_deliveries=self.settings.max_deliveries,
+            retention_s=self.settings.job_retention_s,
+            scratch_dir=self.settings.scratch_dir,
             las_reader=self._las_reader,
         )
         # A failed delivery lets the message go idle: redelivered to this or another worker.

@@ -38,19 +38,19 @@ class PoisonLedger:
     """The poison ledger of one shard."""
 
     def __init__(self, r: redis.Redis, job_id: str, shard: int) -> None:
-        self.r = r
+        self.redis = r
         self.key = keys.job_poison(job_id, shard)
 
     def settle(self) -> set[str]:
         """The ids of the shard's items set aside: those marked before, plus the item an
         earlier isolated attempt left in flight (it died on it). Clears the in-flight mark."""
-        raw: dict[bytes, bytes] = self.r.hgetall(self.key)  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.redis.hgetall(self.key)  # type: ignore[assignment]
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         dead = {k.removeprefix(_DEAD) for k in fields if k.startswith(_DEAD)}
         inflight = fields.get(_INFLIGHT)
         if inflight is not None:
             dead.add(inflight)
-            pipe = self.r.pipeline(transaction=True)
+            pipe = self.redis.pipeline(transaction=True)
             pipe.hset(self.key, _DEAD + inflight, "1")
             pipe.hdel(self.key, _INFLIGHT)
             pipe.expire(self.key, LEDGER_TTL_S)
@@ -59,14 +59,14 @@ class PoisonLedger:
 
     def in_flight(self, item_id: str) -> None:
         """Mark `item_id` as being decoded (before its engine call)."""
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.key, _INFLIGHT, item_id)
         pipe.expire(self.key, LEDGER_TTL_S)
         pipe.execute()
 
     def landed(self) -> None:
         """The engine call in flight returned: the worker is alive past it."""
-        self.r.hdel(self.key, _INFLIGHT)
+        self.redis.hdel(self.key, _INFLIGHT)
 
 
 def clear_in_flight(r: redis.Redis, shards: list[tuple[str, int]]) -> None:

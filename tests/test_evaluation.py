@@ -22,7 +22,7 @@ from contrail.client.types import (
     Tag,
     TaskName,
 )
-from contrail.core.signals import (
+from contrail.core.quality_signals import (
     content_words,
     names_other_choice,
     record_signals,
@@ -337,7 +337,7 @@ def test_running_totals_equal_the_summary_of_the_list() -> None:
     word-count histogram, odd and even counts, and rates over the checked records only)."""
     import random
 
-    from contrail.core.signals import RecordSignals, SignalTotals
+    from contrail.core.quality_signals import RecordSignals, SignalTotals
 
     rng = random.Random(7)
     signals = [

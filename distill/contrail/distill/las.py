@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from contrail.client.types import RationaleRecord, TaskName
-from contrail.core.signals import answer_options
+from contrail.core.quality_signals import answer_options
 from contrail.core.tasks.prompts import CHOICES_HEADER, format_choices, shows_choices
 from contrail.distill.options import DEFAULT_SIMULATOR
 

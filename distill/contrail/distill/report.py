@@ -7,7 +7,7 @@
     summary = summarize(records, simulator=LikelihoodSimulator()) # zero-shot LAS
 
 `summarize` is what a job finalizer calls; `QualitySummary` is JSON-ready (pydantic) for the
-manifest. Definitions: docs/QUALITY.md, `contrail.core.signals`, `contrail.distill.las`.
+manifest. Definitions: docs/QUALITY.md, `contrail.core.quality_signals`, `contrail.distill.las`.
 
 Command line (the `contrail eval` / `contrail export` subcommands call these):
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from contrail.client.types import RationaleRecord
-from contrail.core.signals import (
+from contrail.core.quality_signals import (
     RecordSignals,
     SignalSummary,
     SignalTotals,

@@ -13,20 +13,20 @@ from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
 from contrail.client.types import JobStatus
-from contrail.core.jobs import keys, scripts, states
+from contrail.core.jobs import keys, lua, states
 from contrail.core.jobs.record import JobRecord, text
 
 T = TypeVar("T")
 
 SCRIPTS: dict[str, str] = {
-    "create": scripts.CREATE,
-    "count_shard": scripts.COUNT_SHARD,
-    "freeze": scripts.FREEZE,
-    "finish": scripts.FINISH,
-    "release": scripts.RELEASE,
-    "requeue": scripts.REQUEUE,
-    "delete_job": scripts.DELETE_JOB,
-    "delete_file": scripts.DELETE_FILE,
+    "create": lua.CREATE,
+    "count_shard": lua.COUNT_SHARD,
+    "freeze": lua.FREEZE,
+    "finish": lua.FINISH,
+    "release": lua.RELEASE,
+    "requeue": lua.REQUEUE,
+    "delete_job": lua.DELETE_JOB,
+    "delete_file": lua.DELETE_FILE,
 }
 
 

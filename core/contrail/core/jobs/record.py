@@ -1,7 +1,7 @@
 """The job and file records as typed models, and their Redis hash form.
 
 A record is written whole once (at creation, inside the creation script) and afterwards changed
-only by the Lua scripts of `contrail.core.jobs.scripts`, which touch named fields (counters,
+only by the Lua scripts of `contrail.core.jobs.lua`, which touch named fields (counters,
 status and its timestamps). `to_hash` / `from_hash` are the only code that knows how a field is
 spelled in Redis.
 """

@@ -15,11 +15,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from contrail.client.types import FinishReason, ItemError, RationaleRecord, Tag
-from contrail.core.signals import record_signals
+from contrail.core.quality_signals import record_signals
 from contrail.service.deps import SettingsDep, StoreDep, TenantDep
 from contrail.service.errors import ApiError, error_responses
 from contrail.service.viewer.data import JobData
-from contrail.service.viewer.models import (
+from contrail.service.viewer.query import Filters
+from contrail.service.viewer.schemas import (
     ComparePage,
     ComparePair,
     ErrorPage,
@@ -28,7 +29,6 @@ from contrail.service.viewer.models import (
     RecordPage,
     RecordRow,
 )
-from contrail.service.viewer.query import Filters
 
 router = APIRouter(prefix="/v1/viewer", tags=["viewer"])
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from contrail.client.types import ItemError, Manifest, RationaleRecord
-from contrail.core.signals import RecordSignals
+from contrail.core.quality_signals import RecordSignals
 
 Source = Literal["dataset", "shards"]
 

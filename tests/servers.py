@@ -299,7 +299,7 @@ def _child_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 class ApiServer:
-    """`uvicorn contrail.service.app:app` on a free port."""
+    """`uvicorn --factory contrail.service.app:create_app` on a free port."""
 
     def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
         self.env = dict(env)
@@ -318,7 +318,8 @@ class ApiServer:
                 PY,
                 "-m",
                 "uvicorn",
-                "contrail.service.app:app",
+                "--factory",
+                "contrail.service.app:create_app",
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -111,37 +111,105 @@ def start_reconciler(s: ApiSettings) -> ReconcilerThread:
     return thread
 
 
+def _job_store_redis(s: ApiSettings) -> Redis:
+    """The API's Redis client. A connection broken by a Redis restart is retried (briefly) before
+    answering 503. The pool is bounded and makes a request wait for a free connection: redis-py's
+    default pool answers "Too many connections" (a 503 here) past 100 concurrent commands."""
+    pool = BlockingConnectionPool.from_url(
+        s.redis_url,
+        max_connections=s.redis_max_connections,
+        timeout=10,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return Redis.from_pool(pool)
+
+
+def _open_state(app: FastAPI, s: ApiSettings) -> None:
+    """What the routers find on `app.state`: keys, the job store, upload slots, storage."""
+    # Uploads are validated in worker threads (CPU-bound Python); the event loop waits for the
+    # GIL up to one switch interval each time it needs it. 1 ms instead of 5 ms keeps other
+    # requests' latency low during a large upload (bench/upload.py measures it).
+    sys.setswitchinterval(0.001)
+    # Bad keys (too short, a tenant name with ':') stop the start-up with the reason.
+    app.state.keys = ApiKeys(s.api_keys, s.api_keys_file, on_reload_error=KEY_RELOAD_ERRORS.inc)
+    app.state.redis = _job_store_redis(s)
+    app.state.store = AsyncJobStore(app.state.redis, s.rate_window_s)
+    app.state.upload_slots = UploadSlots(s.max_concurrent_uploads)
+    app.state.storage = Storage(
+        s.storage_url,
+        request_timeout_s=s.storage_timeout_s,
+        public_url=s.storage_public_url,
+    )
+
+
+# ----------------------------------------------------------------------------- error answers
+# Every error leaves as an ErrorResponse (contrail.client.types), whoever raised it.
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return _answer(exc.status_code, exc.message, exc.type, exc.details, dict(exc.headers or {}))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _answer(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        ErrorDetail(field=_field(e.get("loc", ())), code=str(e.get("type")), message=e["msg"])
+        for e in exc.errors()
+    ][:100]
+    first = details[0] if details else None
+    message = (
+        f"invalid request: {first.field or 'body'}: {first.message}" if first else "invalid request"
+    )
+    return _answer(422, message, "invalid_request", details)
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return _answer(503, "the job store is unavailable; retry shortly", headers={"Retry-After": "2"})
+
+
+async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return _answer(
+        503, "object storage is unavailable; retry shortly", headers={"Retry-After": "5"}
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _answer(500, "internal error", "server_error")
+
+
+ERROR_HANDLERS: tuple[tuple[type[Exception], Any], ...] = (
+    (ApiError, _api_error),
+    (StarletteHTTPException, _http_error),
+    (RequestValidationError, _validation),
+    (RedisConnectionError, _redis_down),
+    (RedisTimeoutError, _redis_down),
+    (StorageUnavailable, _storage_down),
+    (GenericError, _storage_down),
+    (Exception, _unexpected),
+)
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The API as an ASGI app (``uvicorn --factory contrail.service.app:create_app``, or
+    ``contrail serve api``). `settings` replaces the environment's, for tests and embedding."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings or get_settings()
-        # Uploads are validated in worker threads (CPU-bound Python); the event loop waits for
-        # the GIL up to one switch interval each time it needs it. 1 ms instead of 5 ms keeps
-        # other requests' latency low during a large upload (bench/upload.py measures it).
-        sys.setswitchinterval(0.001)
-        # Bad keys (too short, a tenant name with ':') stop the start-up with the reason.
-        app.state.keys = ApiKeys(s.api_keys, s.api_keys_file, on_reload_error=KEY_RELOAD_ERRORS.inc)
-        # A connection broken by a Redis restart is retried (briefly) before answering 503.
-        # A bounded pool that makes a request wait for a free connection: redis-py's default
-        # pool answers "Too many connections" (a 503 here) past 100 concurrent commands.
-        pool = BlockingConnectionPool.from_url(
-            s.redis_url,
-            max_connections=s.redis_max_connections,
-            timeout=10,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=15,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        app.state.redis = Redis.from_pool(pool)
-        app.state.store = AsyncJobStore(app.state.redis, s.rate_window_s)
-        app.state.upload_slots = UploadSlots(s.max_concurrent_uploads)
-        app.state.storage = Storage(
-            s.storage_url,
-            request_timeout_s=s.storage_timeout_s,
-            public_url=s.storage_public_url,
-        )
+        _open_state(app, s)
         reconciler = start_reconciler(s)
         try:
             yield
@@ -167,53 +235,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return s.max_request_bytes
 
     app.add_middleware(BodyLimit, limit_for=body_limit, answer=_answer)
-
     _document_errors(app)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _answer(exc.status_code, exc.message, exc.type, exc.details, dict(exc.headers or {}))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _answer(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            ErrorDetail(field=_field(e.get("loc", ())), code=str(e.get("type")), message=e["msg"])
-            for e in exc.errors()
-        ][:100]
-        first = details[0] if details else None
-        message = (
-            f"invalid request: {first.field or 'body'}: {first.message}"
-            if first
-            else "invalid request"
-        )
-        return _answer(422, message, "invalid_request", details)
-
-    @app.exception_handler(RedisConnectionError)
-    @app.exception_handler(RedisTimeoutError)
-    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("redis unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return _answer(
-            503, "the job store is unavailable; retry shortly", headers={"Retry-After": "2"}
-        )
-
-    @app.exception_handler(StorageUnavailable)
-    @app.exception_handler(GenericError)
-    async def _storage_down(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("storage unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return _answer(
-            503, "object storage is unavailable; retry shortly", headers={"Retry-After": "5"}
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _answer(500, "internal error", "server_error")
-
+    for exc_class, handler in ERROR_HANDLERS:
+        app.add_exception_handler(exc_class, handler)
     return app
-
-
-app = create_app()

@@ -21,6 +21,7 @@ from contrail.client.types import (
     Demonstration,
     ErrorDetail,
     Item,
+    JobCreate,
     JobStatus,
     QualitySettings,
     TaskName,
@@ -28,9 +29,9 @@ from contrail.client.types import (
 )
 from contrail.core.jobs import protocol
 from contrail.core.jobs.protocol import Idempotency, Limits, ShardPlan
-from contrail.core.jobs.record import FileRecord, JobRecord
+from contrail.core.jobs.record import FileRecord, JobRecord, new_id
 from contrail.core.jobs.sizing import ShardPlanner, ids_from_lines, shard_plans
-from contrail.core.jobs.store import AsyncJobStore
+from contrail.core.jobs.store import AsyncJobStore, IdempotencyConflict
 from contrail.core.storage import Storage, job_input_key, job_input_prefix
 from contrail.core.tasks.demos import BUILTIN_POOL_TASKS
 from contrail.core.tasks.prompts import PromptTemplate, TemplateError
@@ -238,3 +239,110 @@ async def create(
 
 def now() -> float:
     return time.time()
+
+
+async def create_job(
+    body: JobCreate,
+    tenant: str,
+    settings: ApiSettings,
+    store: AsyncJobStore,
+    storage: Storage,
+    idempotency_key: str | None,
+) -> JobRecord:
+    """A create request, answered: the job an earlier request with the same `Idempotency-Key`
+    and body created, or a new one (409 for the same key with another body)."""
+    idempotency = None
+    if idempotency_key is not None:
+        digest = body_hash(body.model_dump(mode="json", by_alias=True))
+        idempotency = Idempotency(idempotency_key, digest, settings.idempotency_ttl_s)
+        if (earlier := await _replayed(store, tenant, idempotency)) is not None:
+            return earlier
+    await check_model(store, body.model, settings)
+    template = checked_template(body.template)
+    job_id = new_id("job")
+    task, job_input = await _input_of(body, job_id, tenant, settings, store, storage)
+    spec = JobSpec(
+        tenant=tenant,
+        task=task,
+        model=body.model,
+        decoding=body.decoding,
+        demonstrations=await demonstrations_from_items(
+            storage, task, body.demonstrations, f"{job_input.prefix}{0:06d}.jsonl"
+        ),
+        metadata=body.metadata,
+        completion_window=body.completion_window,
+        quality=body.quality,
+        template=template,
+    )
+    record = new_record(job_id, spec, job_input, time.time())
+    return await create(store, storage, settings, record, job_input, idempotency)
+
+
+async def _replayed(
+    store: AsyncJobStore, tenant: str, idempotency: Idempotency
+) -> JobRecord | None:
+    """The job an earlier request with this key and body created, if it still exists."""
+    try:
+        earlier = await store.idempotent_job(tenant, idempotency.key, idempotency.digest)
+    except IdempotencyConflict:
+        raise ApiError(
+            409, "Idempotency-Key was already used with a different request body"
+        ) from None
+    return await store.job(tenant, earlier) if earlier is not None else None
+
+
+async def _input_of(
+    body: JobCreate,
+    job_id: str,
+    tenant: str,
+    settings: ApiSettings,
+    store: AsyncJobStore,
+    storage: Storage,
+) -> tuple[TaskName, JobInput]:
+    """The job's task and input: an uploaded file's parts, or the inline items written as parts
+    under the job's id."""
+    if body.input_file_id is None:
+        items = body.items or []
+        if details := duplicate_ids(items):
+            raise ApiError(422, "duplicate item ids", details=details[: settings.max_error_details])
+        check_size(len(items), settings.max_queued_items, status=413)
+        job_input = await items_input(
+            storage, store, job_id, items, settings.shard_size, body.decoding
+        )
+        return body.task, job_input
+    file = await store.file(tenant, body.input_file_id)
+    if file is None:
+        raise ApiError(404, f"no file {body.input_file_id!r}")
+    if "task" in body.model_fields_set and body.task != file.task:
+        raise ApiError(
+            422,
+            f"task {body.task.value!r} differs from the file's task {file.task.value!r}",
+            details=[ErrorDetail(field="task", code="unknown_task", message="task mismatch")],
+        )
+    check_size(file.items, settings.max_queued_items, status=422)
+    return file.task, await file_input(storage, file, body.decoding)
+
+
+async def check_model(store: AsyncJobStore, model: str, settings: ApiSettings) -> None:
+    """A job's model must be served by a live worker or declared by the deployment (its jobs
+    then wait in the queue until a worker for it starts)."""
+    if not settings.require_live_worker or model in settings.declared:
+        return
+    served = await store.served_models()
+    if model not in served:
+        raise ApiError(
+            422,
+            f"no live worker serves model {model!r} and the deployment does not declare it; "
+            "served: "
+            + (", ".join(sorted(served)) or "none")
+            + "; declared: "
+            + (", ".join(sorted(settings.declared)) or "none"),
+            details=[
+                ErrorDetail(field="model", code="unknown_model", message="not served or declared")
+            ],
+        )
+
+
+def check_size(n_items: int, quota: int, status: int) -> None:
+    if n_items > quota:
+        raise ApiError(status, f"{n_items} items exceed the per-tenant queued-items quota {quota}")

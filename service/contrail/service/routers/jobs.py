@@ -13,23 +13,20 @@ from fastapi.responses import StreamingResponse
 from contrail.client.types import (
     DatasetLocation,
     Deleted,
-    ErrorDetail,
     Job,
     JobCreate,
     JobList,
 )
 from contrail.core.jobs import protocol, states
 from contrail.core.jobs.outputs import counted_keys
-from contrail.core.jobs.protocol import Idempotency
 from contrail.core.jobs.record import JobRecord, new_id
-from contrail.core.jobs.store import AsyncJobStore, IdempotencyConflict
+from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, dataset_keys
 from contrail.service import creation
 from contrail.service.creation import JobSpec
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
 from contrail.service.resubmit import resubmission_input
-from contrail.service.settings import ApiSettings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -45,26 +42,6 @@ async def _job_or_404(store: AsyncJobStore, tenant: str, job_id: str) -> JobReco
     if record is None:
         raise ApiError(404, f"no job {job_id!r}")
     return record
-
-
-async def _check_model(store: AsyncJobStore, model: str, settings: ApiSettings) -> None:
-    """A job's model must be served by a live worker or declared by the deployment (its jobs
-    then wait in the queue until a worker for it starts)."""
-    if not settings.require_live_worker or model in settings.declared:
-        return
-    served = await store.served_models()
-    if model not in served:
-        raise ApiError(
-            422,
-            f"no live worker serves model {model!r} and the deployment does not declare it; "
-            "served: "
-            + (", ".join(sorted(served)) or "none")
-            + "; declared: "
-            + (", ".join(sorted(settings.declared)) or "none"),
-            details=[
-                ErrorDetail(field="model", code="unknown_model", message="not served or declared")
-            ],
-        )
 
 
 @router.post(
@@ -86,65 +63,8 @@ async def create_job(
 ) -> Job:
     """Create a job: its record and all its shards are queued in one atomic step. The same
     `Idempotency-Key` with the same body returns the same job; with another body, 409."""
-    idempotency = None
-    if idempotency_key is not None:
-        digest = creation.body_hash(body.model_dump(mode="json", by_alias=True))
-        idempotency = Idempotency(idempotency_key, digest, settings.idempotency_ttl_s)
-        try:
-            earlier = await store.idempotent_job(tenant, idempotency_key, digest)
-        except IdempotencyConflict:
-            raise ApiError(
-                409, "Idempotency-Key was already used with a different request body"
-            ) from None
-        if earlier is not None and (replayed := await store.job(tenant, earlier)) is not None:
-            return replayed.to_job()
-
-    await _check_model(store, body.model, settings)
-    template = creation.checked_template(body.template)
-    job_id = new_id("job")
-    task = body.task
-    if body.input_file_id is not None:
-        file = await store.file(tenant, body.input_file_id)
-        if file is None:
-            raise ApiError(404, f"no file {body.input_file_id!r}")
-        if "task" in body.model_fields_set and body.task != file.task:
-            raise ApiError(
-                422,
-                f"task {body.task.value!r} differs from the file's task {file.task.value!r}",
-                details=[ErrorDetail(field="task", code="unknown_task", message="task mismatch")],
-            )
-        task = file.task
-        _check_size(file.items, settings.max_queued_items, status=422)
-        job_input = await creation.file_input(storage, file, body.decoding)
-    else:
-        items = body.items or []
-        if details := creation.duplicate_ids(items):
-            raise ApiError(422, "duplicate item ids", details=details[: settings.max_error_details])
-        _check_size(len(items), settings.max_queued_items, status=413)
-        job_input = await creation.items_input(
-            storage, store, job_id, items, settings.shard_size, body.decoding
-        )
-    spec = JobSpec(
-        tenant=tenant,
-        task=task,
-        model=body.model,
-        decoding=body.decoding,
-        demonstrations=await creation.demonstrations_from_items(
-            storage, task, body.demonstrations, f"{job_input.prefix}{0:06d}.jsonl"
-        ),
-        metadata=body.metadata,
-        completion_window=body.completion_window,
-        quality=body.quality,
-        template=template,
-    )
-    record = creation.new_record(job_id, spec, job_input, time.time())
-    created = await creation.create(store, storage, settings, record, job_input, idempotency)
-    return created.to_job()
-
-
-def _check_size(n_items: int, quota: int, status: int) -> None:
-    if n_items > quota:
-        raise ApiError(status, f"{n_items} items exceed the per-tenant queued-items quota {quota}")
+    record = await creation.create_job(body, tenant, settings, store, storage, idempotency_key)
+    return record.to_job()
 
 
 @router.get("", operation_id="list_jobs", responses=error_responses(400, 401))
@@ -220,7 +140,7 @@ async def resubmit_job(
     old = await _job_or_404(store, tenant, job_id)
     if old.status not in states.TERMINAL:
         raise ApiError(409, f"job {job_id} is {old.status.value}: resubmit it once it has ended")
-    await _check_model(store, old.model, settings)
+    await creation.check_model(store, old.model, settings)
     new_job_id = new_id("job")
     job_input = await resubmission_input(storage, store, old, new_job_id, settings.shard_size)
     if job_input.items == 0:

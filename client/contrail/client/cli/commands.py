@@ -276,12 +276,17 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
 
 
 def register(registry: CommandRegistry) -> None:
-    """The client commands; `models` and its `list` also open the `models` group."""
-    conn = registry.connection
-    sub = registry.commands
-    p = sub.add_parser(
+    """The client commands, in the order `contrail --help` lists them; `models` and its `list`
+    also open the `models` group."""
+    _register_submit(registry)
+    _register_job_commands(registry)
+    _register_listings(registry)
+
+
+def _register_submit(registry: CommandRegistry) -> None:
+    p = registry.commands.add_parser(
         "submit",
-        parents=[conn, registry.decoding],
+        parents=[registry.connection, registry.decoding],
         help="upload an input file and create a job",
         description="Upload an input file (JSON lines, a JSON array or Parquet, optionally "
         "gzip-compressed; records in any supported task format) and create a "
@@ -318,6 +323,11 @@ def register(registry: CommandRegistry) -> None:
     json_flag(p)
     p.set_defaults(func=cmd_submit)
 
+
+def _register_job_commands(registry: CommandRegistry) -> None:
+    """The commands on one job (or file) by id."""
+    conn = registry.connection
+    sub = registry.commands
     p = sub.add_parser("status", parents=[conn], help="show a job")
     p.add_argument("job_id")
     json_flag(p)
@@ -375,6 +385,10 @@ def register(registry: CommandRegistry) -> None:
     json_flag(p)
     p.set_defaults(func=cmd_resubmit)
 
+
+def _register_listings(registry: CommandRegistry) -> None:
+    conn = registry.connection
+    sub = registry.commands
     p = sub.add_parser("jobs", parents=[conn], help="list jobs, newest first")
     p.add_argument("--limit", type=int, default=20, help="page size (default 20)")
     p.add_argument("--all", action="store_true", help="walk every page")

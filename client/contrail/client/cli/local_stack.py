@@ -287,8 +287,23 @@ def _raise_stop(signum: int, frame: FrameType | None) -> NoReturn:
     raise _Stop(signal.Signals(signum).name)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    lazy("uvicorn", "service")
+@dataclass(frozen=True)
+class _UpPlan:
+    """Where and how `contrail up` runs its parts (decided before anything starts)."""
+
+    state_dir: Path
+    api_key: str
+    redis_port: int
+    engine: str
+    base_url: str
+    env: dict[str, str]
+
+    @property
+    def info_file(self) -> Path:
+        return self.state_dir / "up.json"
+
+
+def _plan(args: argparse.Namespace) -> _UpPlan:
     state_dir = Path(args.state_dir).resolve()
     for sub in ("redis", "storage", "logs"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -297,10 +312,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     api_key = _local_api_key(state_dir, args.api_key)
     redis_port = args.redis_port or _free_port()
     engine = args.engine or _default_engine()
-    base_url = f"http://{args.host}:{args.port}"
-    info_file = state_dir / "up.json"
-    info_file.unlink(missing_ok=True)
-
     env = {
         **os.environ,
         "CONTRAIL_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
@@ -312,83 +323,38 @@ def cmd_up(args: argparse.Namespace) -> int:
     }
     if args.cache_dir:
         env["CONTRAIL_MODEL_CACHE_DIR"] = str(Path(args.cache_dir).resolve())
-    cli = [sys.executable, "-m", "contrail.client.cli"]
-    stack = LocalStack(state_dir)
+    base_url = f"http://{args.host}:{args.port}"
+    return _UpPlan(state_dir, api_key, redis_port, engine, base_url, env)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    lazy("uvicorn", "service")
+    plan = _plan(args)
+    plan.info_file.unlink(missing_ok=True)
+    stack = LocalStack(plan.state_dir)
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     # Ctrl-C stops the stack even when `up` was started with SIGINT ignored (a shell starts
     # background commands so, and Python then installs no KeyboardInterrupt handler).
     previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     code = EXIT_OK
     try:
-        print(f"state     {state_dir}", file=sys.stderr)
-        stack.start(
-            "valkey",
-            [
-                str(valkey_server_path()),
-                "--bind", "127.0.0.1",
-                "--port", str(redis_port),
-                "--dir", str(state_dir / "redis"),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-                "--protected-mode", "yes",
-            ],
-            env,
-            stop_timeout=10,
-        )  # fmt: skip
-        _wait_for("valkey", lambda: _redis_ping(redis_port), stack, timeout=15)
-        print(f"redis     redis://127.0.0.1:{redis_port}/0 (AOF on)", file=sys.stderr)
-        stack.start(
-            "api",
-            [*cli, "serve", "api", "--host", args.host, "--port", str(args.port)],
-            env,
-            stop_timeout=15,
-        )
-        _wait_for("the API", lambda: _http_ok(f"{base_url}/readyz"), stack, timeout=60)
-        print(f"api       {base_url}  (docs {base_url}/docs)", file=sys.stderr)
-        # Jobs end through a finalizer (no engine: it starts in seconds), even with --no-worker,
-        # so workers started elsewhere against this stack see their jobs complete.
-        stack.start("finalizer", [*cli, "serve", "finalizer"], env, stop_timeout=40)
-        print(f"finalizer log {state_dir / 'logs' / 'finalizer.log'}", file=sys.stderr)
-        if not args.no_worker:
-            stack.start(
-                "worker",
-                [*cli, "serve", "worker", "--model", args.model, "--engine", engine],
-                env,
-                stop_timeout=40,
-            )
-            print(
-                f"worker    model {args.model}, engine {engine}: loading "
-                f"(log {state_dir / 'logs' / 'worker.log'})",
-                file=sys.stderr,
-            )
-            _wait_for(
-                "the worker",
-                _model_served(base_url, api_key, args.model),
-                stack,
-                timeout=args.worker_timeout,
-                poll=0.5,
-            )
+        print(f"state     {plan.state_dir}", file=sys.stderr)
+        _start_parts(stack, plan, args)
         info = {
-            "base_url": base_url,
-            "api_key": api_key,
-            "state_dir": str(state_dir),
+            "base_url": plan.base_url,
+            "api_key": plan.api_key,
+            "state_dir": str(plan.state_dir),
             "model": args.model,
-            "engine": engine,
+            "engine": plan.engine,
             "pid": os.getpid(),
         }
-        _write_info(info_file, info, stack)
+        _write_info(plan.info_file, info, stack)
         for proc in stack.procs:  # from now on a dead worker or API is restarted
             proc.restart = proc.name in ("api", "worker", "finalizer")
-        print("\ncontrail is up. In another shell:\n")
-        print(f"  export {ENV_BASE_URL}={base_url}")
-        print(f"  export {ENV_API_KEY}={api_key}")
-        print("  contrail submit items.jsonl --task generic --wait\n")
-        print(f"Viewer: {base_url}/ui/ (sign in with the API key above)\n")
-        print("Ctrl-C stops everything.", flush=True)
+        _print_ready(plan)
         while True:
             if stack.check_alive():
-                _write_info(info_file, info, stack)
+                _write_info(plan.info_file, info, stack)
             time.sleep(0.5)
     except (KeyboardInterrupt, _Stop):
         print("\nshutting down", file=sys.stderr)
@@ -401,11 +367,67 @@ def cmd_up(args: argparse.Namespace) -> int:
         try:
             stack.stop()
         finally:
-            info_file.unlink(missing_ok=True)
+            plan.info_file.unlink(missing_ok=True)
             for s, handler in previous.items():
                 signal.signal(s, handler)
     print("stopped", file=sys.stderr)
     return code
+
+
+def _start_parts(stack: LocalStack, plan: _UpPlan, args: argparse.Namespace) -> None:
+    """Valkey, the API, a finalizer and (unless --no-worker) a worker, each waited for."""
+    cli = [sys.executable, "-m", "contrail.client.cli"]
+    env, port = plan.env, plan.redis_port
+    stack.start(
+        "valkey",
+        [
+            str(valkey_server_path()),
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(plan.state_dir / "redis"),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--protected-mode", "yes",
+        ],
+        env,
+        stop_timeout=10,
+    )  # fmt: skip
+    _wait_for("valkey", lambda: _redis_ping(port), stack, timeout=15)
+    print(f"redis     redis://127.0.0.1:{port}/0 (AOF on)", file=sys.stderr)
+    api = [*cli, "serve", "api", "--host", args.host, "--port", str(args.port)]
+    stack.start("api", api, env, stop_timeout=15)
+    _wait_for("the API", lambda: _http_ok(f"{plan.base_url}/readyz"), stack, timeout=60)
+    print(f"api       {plan.base_url}  (docs {plan.base_url}/docs)", file=sys.stderr)
+    # Jobs end through a finalizer (no engine: it starts in seconds), even with --no-worker,
+    # so workers started elsewhere against this stack see their jobs complete.
+    stack.start("finalizer", [*cli, "serve", "finalizer"], env, stop_timeout=40)
+    print(f"finalizer log {plan.state_dir / 'logs' / 'finalizer.log'}", file=sys.stderr)
+    if args.no_worker:
+        return
+    worker = [*cli, "serve", "worker", "--model", args.model, "--engine", plan.engine]
+    stack.start("worker", worker, env, stop_timeout=40)
+    print(
+        f"worker    model {args.model}, engine {plan.engine}: loading "
+        f"(log {plan.state_dir / 'logs' / 'worker.log'})",
+        file=sys.stderr,
+    )
+    _wait_for(
+        "the worker",
+        _model_served(plan.base_url, plan.api_key, args.model),
+        stack,
+        timeout=args.worker_timeout,
+        poll=0.5,
+    )
+
+
+def _print_ready(plan: _UpPlan) -> None:
+    print("\ncontrail is up. In another shell:\n")
+    print(f"  export {ENV_BASE_URL}={plan.base_url}")
+    print(f"  export {ENV_API_KEY}={plan.api_key}")
+    print("  contrail submit items.jsonl --task generic --wait\n")
+    print(f"Viewer: {plan.base_url}/ui/ (sign in with the API key above)\n")
+    print("Ctrl-C stops everything.", flush=True)
 
 
 def _write_info(path: Path, info: dict[str, object], stack: LocalStack) -> None:

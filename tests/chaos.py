@@ -103,18 +103,24 @@ class Chaos:
 
     # ------------------------------------------------------------------ jobs
     def _create(self, n: int, start: int, key: str | None = None) -> str:
-        """Upload and create, retrying through API outages (same key on every attempt)."""
+        """Upload and create, retrying through API outages with the same key and the same body
+        on every attempt: once the upload is answered, its file id is kept. (A retry with a new
+        upload would send another body under the same key, which the API rightly refuses with
+        409 when a killed API had created the job but not answered.)"""
         body = items_jsonl(n, start)
+        file_id: str | None = None
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
                 with self.stack.client() as c:
-                    r = c.post("/v1/files", params={"task": "generic"}, content=body,
-                               headers={"Content-Type": "application/jsonl"})  # fmt: skip
-                    if r.status_code != 201:
-                        raise httpx.TransportError(f"upload answered {r.status_code}")
+                    if file_id is None:
+                        r = c.post("/v1/files", params={"task": "generic"}, content=body,
+                                   headers={"Content-Type": "application/jsonl"})  # fmt: skip
+                        if r.status_code != 201:
+                            raise httpx.TransportError(f"upload answered {r.status_code}")
+                        file_id = str(r.json()["id"])
                     headers = {"Idempotency-Key": key} if key else {}
-                    payload = {"input_file_id": r.json()["id"], "model": "tiny",
+                    payload = {"input_file_id": file_id, "model": "tiny",
                                "decoding": self.plan.decoding}  # fmt: skip
                     r = c.post("/v1/jobs", json=payload, headers=headers)
                     if r.status_code in (200, 201):

@@ -9,17 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from contrail.worker.models.cache import MARKER, cache_root
+from contrail.worker.models.cache import MARKER
 from contrail.worker.models.hub import fetch, parse_hub_id
 from contrail.worker.models.hub import resolve as resolve_hub
-from contrail.worker.models.smollm2 import DEFAULT_MODEL, SMOLLM2_DIRNAME, smollm2_path
-from contrail.worker.models.tiny import (
-    TINY_MODEL,
-    TINY_VERSION,
-    corpus_key,
-    default_tiny_corpus,
-    tiny_model_path,
-)
+from contrail.worker.models.smollm2 import DEFAULT_MODEL, smollm2_folder, smollm2_path
+from contrail.worker.models.tiny import TINY_MODEL, tiny_folder, tiny_model_path
 
 
 @dataclass(frozen=True)
@@ -92,11 +86,9 @@ def prepare_model(
         raw = (name_or_path or DEFAULT_MODEL).lower()
         alias = _ALIASES.get(raw)
         if alias == DEFAULT_MODEL:
-            target = cache_root(cache_dir) / SMOLLM2_DIRNAME
+            target: Path | None = smollm2_folder(cache_dir)
         elif alias == TINY_MODEL:
-            target = cache_root(cache_dir) / (
-                f"tiny-llama-v{TINY_VERSION}-{corpus_key(default_tiny_corpus())}"
-            )
+            target = tiny_folder(cache_dir)
         else:
             target = None
         if target is not None and target.exists():

@@ -87,9 +87,14 @@ def _smollm2_eos_ids(tokenizer: Any) -> list[int]:
     return ids
 
 
+def smollm2_folder(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the converted SmolLM2 lives in the cache (converted or not)."""
+    return cache_root(cache_dir) / SMOLLM2_DIRNAME
+
+
 def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cached converted SmolLM2 folder (converted on first use, ~30 s)."""
-    final = cache_root(cache_dir) / SMOLLM2_DIRNAME
+    final = smollm2_folder(cache_dir)
     gguf = smollm2_gguf_path() if not is_complete(final, SMOLLM2_VERSION) else None
     info = {
         "model": DEFAULT_MODEL,

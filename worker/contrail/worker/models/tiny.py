@@ -194,11 +194,17 @@ def build_tiny_model(
     return out
 
 
+def tiny_folder(cache_dir: str | os.PathLike[str] | None = None, key: str | None = None) -> Path:
+    """Where the tiny model of this recipe and corpus lives in the cache (built or not)."""
+    key = key if key is not None else corpus_key(default_tiny_corpus())
+    return cache_root(cache_dir) / f"tiny-llama-v{TINY_VERSION}-{key}"
+
+
 def tiny_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The cached tiny model (built on first use, ~seconds)."""
     corpus = default_tiny_corpus()
     key = corpus_key(corpus)
-    final = cache_root(cache_dir) / f"tiny-llama-v{TINY_VERSION}-{key}"
+    final = tiny_folder(cache_dir, key)
     info = {"model": TINY_MODEL, "version": TINY_VERSION, "corpus": key, "built": time.time()}
 
     def build(tmp: Path) -> None:

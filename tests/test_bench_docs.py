@@ -30,9 +30,9 @@ NUMBER = re.compile(
     r"(?<![\w.\-])(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?)(?P<unit>%|k|M)?(?![\w])"
 )
 COMPARISON = re.compile(r"(?:>=|<=|(?<!-)>|<|≥|≤)\s*\+?$")  # "->" is an arrow, not a target
-# Results made before the benchmark scripts recorded their commit (bench/provenance.py): the
-# service-overhead figures, re-measured once the job lifecycle rewrite lands.
-PREDATES_PROVENANCE = frozenset({"service_overhead_reference.json"})
+# Results made before the benchmark scripts recorded their commit (bench/provenance.py): none
+# left (the service-overhead figures were re-measured at a clean commit).
+PREDATES_PROVENANCE: frozenset[str] = frozenset()
 # Results made when bench/provenance.py recorded only whether the *engine* code (client, core,
 # worker) was clean, not the rest (`code_dirty`): named here, so that a missing `code_dirty` is
 # never read as clean for anything else. The quoting docs say so beside the figures.

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from benchlib import OUT_DIR, REPO, git_sha, machine, versions, write_json
 
-from tests.chaos import Chaos, ChaosPlan
-from tests.servers import SeaweedS3, Valkey
-from tests.service_fixtures import Stack
+from contrail.testing.chaos import Chaos, ChaosPlan
+from contrail.testing.servers import SeaweedS3, Valkey
+from contrail.testing.stack import Stack
 
 
 def main() -> int:

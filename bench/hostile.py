@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 from provenance import git_sha  # noqa: E402
 from upload import KEY, LatencyProbe, RssSampler, machine, write_result  # noqa: E402
 
-from tests.servers import ApiServer, valkey  # noqa: E402
+from contrail.testing.servers import ApiServer, valkey  # noqa: E402
 
 HOSTILE_KEYS = [f"hostile-key-{i}-0123456789" for i in range(4)]
 CELL = 200 << 20

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from provenance import git_sha  # noqa: E402
 
-from tests.servers import free_port, spawn, stop_process  # noqa: E402
+from contrail.testing.servers import free_port, spawn, stop_process  # noqa: E402
 
 WEIGHTS = {"list": 3, "poll": 4, "results": 2, "upload": 1}
 ROUTES = {

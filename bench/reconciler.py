@@ -29,13 +29,13 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_sha
 
-from contrail.client.cli.local_stack import valkey_server_path
 from contrail.client.types import DecodingSettings, JobStatus, TaskName
 from contrail.core.jobs import keys, protocol
 from contrail.core.jobs.protocol import Limits, ShardPlan
 from contrail.core.jobs.queue import JobQueue
 from contrail.core.jobs.reconciler import Reconciler
 from contrail.core.jobs.record import JobRecord
+from contrail.core.processes import valkey_server_path
 
 MODEL = "bench"
 STALL_S = 120.0

@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from provenance import git_sha  # noqa: E402
 
-from tests.servers import ApiServer, Valkey, WorkerProc, seaweed  # noqa: E402
+from contrail.testing.servers import ApiServer, Valkey, WorkerProc, seaweed  # noqa: E402
 
 MODEL = "sim-8b"
 TENANTS = {

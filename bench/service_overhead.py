@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from provenance import git_sha  # noqa: E402
 
-from tests.servers import seaweed, valkey  # noqa: E402
-from tests.service_fixtures import Stack, items_jsonl  # noqa: E402
+from contrail.testing.servers import seaweed, valkey  # noqa: E402
+from contrail.testing.stack import Stack, items_jsonl  # noqa: E402
 
 
 def main() -> int:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from provenance import git_sha  # noqa: E402
 
-from tests.servers import ApiServer, valkey  # noqa: E402
+from contrail.testing.servers import ApiServer, valkey  # noqa: E402
 
 KEY = "bench-key-0123456789"
 

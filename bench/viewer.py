@@ -33,9 +33,9 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.browser import chromium_page  # noqa: E402
-from tests.servers import seaweed, valkey  # noqa: E402
-from tests.service_fixtures import KEY_A, Stack, items_jsonl  # noqa: E402
+from contrail.testing.browser import chromium_page  # noqa: E402
+from contrail.testing.servers import seaweed, valkey  # noqa: E402
+from contrail.testing.stack import KEY_A, Stack, items_jsonl  # noqa: E402
 
 REPEATS = 5
 

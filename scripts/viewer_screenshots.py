@@ -23,9 +23,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.browser import chromium_page  # noqa: E402
-from tests.servers import seaweed, valkey, wait_for_model  # noqa: E402
-from tests.service_fixtures import KEY_A, Stack  # noqa: E402
+from contrail.testing.browser import chromium_page  # noqa: E402
+from contrail.testing.servers import seaweed, valkey, wait_for_model  # noqa: E402
+from contrail.testing.stack import KEY_A, Stack  # noqa: E402
 
 
 def shoot(page: Any, base: str, fragment: str, path: Path, full: bool = False) -> None:

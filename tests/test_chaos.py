@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.chaos import Chaos, ChaosPlan
-from tests.servers import SeaweedS3
-from tests.service_fixtures import Stack
+from contrail.testing.chaos import Chaos, ChaosPlan
+from contrail.testing.servers import SeaweedS3
+from contrail.testing.stack import Stack
 
 pytestmark = pytest.mark.slow
 

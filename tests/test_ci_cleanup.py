@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.reap import start_time
-from tests.servers import PIDDIR_ENV, REPO, Valkey, forget, free_port, spawn, valkey_binary
+from contrail.core.processes import start_time
+from contrail.testing.servers import PIDDIR_ENV, Valkey, forget, free_port, spawn, valkey_binary
 
+REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "contrail.client.cli"]
 
 
@@ -46,11 +47,11 @@ def _pong(port: int) -> bool:
 
 
 def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
-    """A killed pytest (here: a script using tests/servers.py) leaves no server behind."""
+    """A killed pytest (here: a script using contrail.testing.servers) leaves no server behind."""
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from tests.servers import Valkey\n"
+        "from contrail.testing.servers import Valkey\n"
         "v = Valkey(Path(sys.argv[1])).start()\n"
         "print(v.proc.pid, flush=True)\n"
         "time.sleep(600)\n"

@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.servers import free_port, spawn, stop_process
-from tests.service_fixtures import KEY_A, Stack, items_jsonl
+from contrail.testing.servers import free_port, spawn, stop_process
+from contrail.testing.stack import KEY_A, Stack, items_jsonl
 
 CLI = [sys.executable, "-m", "contrail.client.cli"]
 

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from contrail.core.jobs import keys
-from contrail.worker.generation.item_errors import FINALIZE_FAILED
-from tests.faults import (
+from contrail.testing.faults import (
     assert_exactly_once,
     create_job,
     item_ids,
@@ -24,8 +23,9 @@ from tests.faults import (
     stats,
     wait_progress,
 )
-from tests.servers import SeaweedS3
-from tests.service_fixtures import Stack
+from contrail.testing.servers import SeaweedS3
+from contrail.testing.stack import Stack
+from contrail.worker.generation.item_errors import FINALIZE_FAILED
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from contrail.core.jobs import keys
-from tests.faults import (
+from contrail.testing.faults import (
     assert_exactly_once,
     create_job,
     item_ids,
@@ -21,7 +21,7 @@ from tests.faults import (
     stats,
     wait_progress,
 )
-from tests.service_fixtures import KEY_A, Stack
+from contrail.testing.stack import KEY_A, Stack
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,18 @@ from typing import Any
 import httpx
 
 from contrail.core.jobs import keys
+from contrail.testing.faults import (
+    assert_exactly_once,
+    create_job,
+    item_ids,
+    job,
+    redis_client,
+    shards_of,
+)
+from contrail.testing.stack import METRICS_TOKEN, Stack, announce_worker
 from contrail.worker.consumer.loop import Worker
 from contrail.worker.engine.factory import create_engine
-from tests.faults import assert_exactly_once, create_job, item_ids, job, redis_client, shards_of
-from tests.service_fixtures import METRICS_TOKEN, Stack, announce_worker
+from tests.service_fixtures import worker_settings
 
 DECODING = {"max_new_tokens": 16, "counterfactual_fraction": 0.5}
 
@@ -75,7 +83,7 @@ def test_a_finalize_message_in_a_models_stream_is_moved(
     r.xdel(keys.FINALIZE_STREAM, mid)  # as if queued before the finalize stream existed:
     r.xadd(keys.stream("tiny"), {"kind": "finalize", "job_id": job_id})
     engine = create_engine("reference", "tiny", cache_dir=tiny_model_path.parent)
-    worker = Worker(stack.worker_settings(), engine=engine, burst=True, worker_id="legacy")
+    worker = Worker(worker_settings(stack), engine=engine, burst=True, worker_id="legacy")
     worker.run()  # reads the shard and the finalize message; the job is frozen: no decoding
     assert [m["kind"] for _, m in r.xrange(keys.stream("tiny"))] == []
     # (the worker's reconciler may have re-queued one as well: a second finalize of a job that

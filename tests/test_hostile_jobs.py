@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from tests.faults import assert_exactly_once, expected_pairs, job, stored
+from contrail.testing.faults import assert_exactly_once, expected_pairs, job, stored
+from contrail.testing.stack import KEY_A, KEY_B, Stack, yes_no_items
 from tests.poison_worker import POISON
-from tests.service_fixtures import KEY_A, KEY_B, Stack, yes_no_items
 
 REPO = Path(__file__).resolve().parent.parent
 DECODING = {"max_new_tokens": 6, "counterfactual_fraction": 0.5}

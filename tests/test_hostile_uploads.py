@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.service_fixtures import KEY_A, KEY_B, METRICS_TOKEN, Stack
+from contrail.testing.stack import KEY_A, KEY_B, METRICS_TOKEN, Stack
 
 CELL = 200 << 20
 RSS_BOUND_MB = 50

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from contrail.client import Client
-from tests.service_fixtures import KEY_A, Stack
+from contrail.testing.stack import KEY_A, Stack
 
 REPO = "contrail-test/tiny"
 COMMIT = hashlib.sha1(b"contrail-test/tiny").hexdigest()

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contrail.client import Client, UnprocessableEntityError
-from tests.service_fixtures import KEY_A, Stack, running_stack, upload_error
+from contrail.testing.stack import KEY_A, Stack, running_stack, upload_error
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGYQA = ROOT / "examples" / "strategyqa-dev-20.json"

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from contrail.client.types import Manifest
+from contrail.testing.stack import Stack, announce_worker, yes_no_items
 from contrail.worker.consumer.finalize import Finalizer
 from contrail.worker.consumer.job_quality import COMPUTED_ONCE, NOT_LOADED, LasReader, las_key
 from contrail.worker.consumer.loop import Worker
 from contrail.worker.engine.base import Engine
 from contrail.worker.engine.factory import create_engine
-from tests.service_fixtures import Stack, announce_worker, yes_no_items
+from tests.service_fixtures import worker_settings
 
 DECODING = {"max_new_tokens": 12, "counterfactual_fraction": 0.5}
 
@@ -52,7 +53,7 @@ def test_manifest_las_opt_in(make_stack: Any, tiny_engine: Engine, tiny_model_pa
     announce_worker(stack)
     with_las = _create(stack, 24, quality={"las": True})
     without = _create(stack, 24)
-    settings = stack.worker_settings(las_simulator=str(tiny_model_path), las_simulator_layer=2)
+    settings = worker_settings(stack, las_simulator=str(tiny_model_path), las_simulator_layer=2)
     worker = _decode_then_finalize(settings, tiny_engine, f"t-{time.monotonic_ns()}")
     storage = stack.storage()
     with stack.client() as c:
@@ -107,11 +108,11 @@ def test_las_not_computed_leaves_a_note_and_the_job_completes(
     stack: Stack = make_stack(finalizer=False)  # finalized below, with each LAS reader
     announce_worker(stack)
     few = _create(stack, 6, quality={"las": True})  # too few items to cross-fit a head
-    settings = stack.worker_settings(las_simulator=str(tiny_model_path), las_simulator_layer=2)
+    settings = worker_settings(stack, las_simulator=str(tiny_model_path), las_simulator_layer=2)
     _decode_then_finalize(settings, _engine(tiny_model_path), "t-few")
     broken = _create(stack, 24, quality={"las": True})  # a reader that cannot load its model
     missing = tiny_model_path.parent / "no-such-simulator"
-    settings = stack.worker_settings(las_simulator=str(missing), las_simulator_layer=2)
+    settings = worker_settings(stack, las_simulator=str(missing), las_simulator_layer=2)
     _decode_then_finalize(settings, _engine(tiny_model_path), "t-broken")
 
     storage = stack.storage()

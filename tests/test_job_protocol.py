@@ -17,8 +17,8 @@ from contrail.core.jobs.protocol import Limits, ShardOutcome, ShardPlan
 from contrail.core.jobs.queue import JobQueue
 from contrail.core.jobs.record import JobRecord
 from contrail.core.jobs.sizing import shard_plans
-from tests.faults import expected_pairs, item_ids
-from tests.servers import valkey
+from contrail.testing.faults import expected_pairs, item_ids
+from contrail.testing.servers import valkey
 
 LIMITS = Limits(max_queued_items=1000, max_active_jobs=5)
 

@@ -23,8 +23,8 @@ import yaml
 from contrail.core.jobs import keys, protocol
 from contrail.core.jobs.protocol import ShardOutcome
 from contrail.core.jobs.queue import JobQueue
+from contrail.testing.servers import valkey
 from contrail.worker.consumer import health
-from tests.servers import valkey
 from tests.test_job_protocol import _create
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,11 +12,7 @@ from typing import Any
 from contrail.core.jobs import keys
 from contrail.core.jobs.queue import JobQueue, QueueMessage
 from contrail.core.jobs.reconciler import Reconciler
-from contrail.worker.consumer.finalize import Finalizer
-from contrail.worker.consumer.loop import Worker
-from contrail.worker.consumer.shards import ShardProcessor
-from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine
-from tests.faults import (
+from contrail.testing.faults import (
     assert_exactly_once,
     create_job,
     expected_pairs,
@@ -28,7 +24,12 @@ from tests.faults import (
     stored,
     wait_progress,
 )
-from tests.service_fixtures import Stack, announce_worker, items_jsonl, read_jsonl
+from contrail.testing.stack import Stack, announce_worker, items_jsonl, read_jsonl
+from contrail.worker.consumer.finalize import Finalizer
+from contrail.worker.consumer.loop import Worker
+from contrail.worker.consumer.shards import ShardProcessor
+from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine
+from tests.service_fixtures import worker_settings
 
 DECODING = {"max_new_tokens": 16, "counterfactual_fraction": 0.5}
 
@@ -226,7 +227,7 @@ class ScriptedEngine(Engine):
 
 
 def _worker(stack: Stack, engine: Engine, **overrides: Any) -> Worker:
-    settings = stack.worker_settings(**overrides)
+    settings = worker_settings(stack, **overrides)
     return Worker(settings, engine=engine, burst=True, worker_id=f"test-{time.monotonic_ns()}")
 
 

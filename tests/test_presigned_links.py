@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from contrail.core.storage import Storage
-from tests.servers import SeaweedS3
+from contrail.testing.servers import SeaweedS3
 
 
 def test_presigned_links_point_at_the_public_url(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.servers import spawn, stop_process
+from contrail.testing.servers import spawn, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ from contrail.client import (
     to_pandas,
 )
 from contrail.client.types import DecodingSettings, JobStatus, RationaleRecord, Tag
-from tests.service_fixtures import KEY_A, KEY_B, Stack, items_jsonl
+from contrail.testing.stack import KEY_A, KEY_B, Stack, items_jsonl
 
 N = 12
 

@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from contrail.service.auth import KeyConfigError, parse_keys
-from tests.servers import ApiServer
-from tests.service_fixtures import KEY_A, KEY_B, METRICS_TOKEN, Stack, announce_worker, items_jsonl
+from contrail.testing.servers import ApiServer
+from contrail.testing.stack import KEY_A, KEY_B, METRICS_TOKEN, Stack, announce_worker, items_jsonl
 
 ITEM = {"id": "a", "question": "Is the sky blue?", "answer": "yes", "choices": ["yes", "no"]}
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from contrail.client.types import Manifest
-from tests.faults import expected_pairs, item_ids
-from tests.service_fixtures import METRICS_TOKEN, Stack, items_jsonl, read_jsonl
+from contrail.testing.faults import expected_pairs, item_ids
+from contrail.testing.stack import METRICS_TOKEN, Stack, items_jsonl, read_jsonl
 
 N_ITEMS = 40
 FRACTION = 0.5

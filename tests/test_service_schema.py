@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_fixtures import KEY_A, Stack, announce_worker
+from contrail.testing.stack import KEY_A, Stack, announce_worker
 
 
 @pytest.mark.slow

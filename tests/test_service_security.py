@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.service_fixtures import KEY_A, KEY_B, Stack, announce_worker, items_jsonl
+from contrail.testing.stack import KEY_A, KEY_B, Stack, announce_worker, items_jsonl
 
 ITEM = {"id": "a", "question": "Is the sky blue?", "answer": "yes", "choices": ["yes", "no"]}
 

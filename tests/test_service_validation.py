@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service_fixtures import (
+from contrail.testing.stack import (
     KEY_A,
     KEY_B,
     Stack,

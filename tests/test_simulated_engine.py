@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from contrail.client.types import FinishReason
+from contrail.testing.faults import assert_exactly_once, create_job, item_ids
 from contrail.worker.engine.base import ContrastSettings, DecodeRequest
 from contrail.worker.engine.factory import create_engine
 from contrail.worker.engine.progress import STEPS
 from contrail.worker.engine.simulated import H100_LLAMA3_8B, GpuProfile, SimulatedEngine
-from tests.faults import assert_exactly_once, create_job, item_ids
 
 FLAT = {
     "name": "flat",

@@ -19,8 +19,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.browser import chromium_path
-from tests.service_fixtures import KEY_A, KEY_B
+from contrail.testing.browser import chromium_path
+from contrail.testing.stack import KEY_A, KEY_B
 from tests.viewer_fixtures import ViewerStack
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 def page(viewer_stack: ViewerStack) -> Iterator[Any]:
     if chromium_path() is None:
         pytest.fail("chromium is not installed: scripts/setup.sh installs it")
-    from tests.browser import chromium_page
+    from contrail.testing.browser import chromium_page
 
     with chromium_page() as pg:
         # Script errors and policy violations; the refused requests the test makes on purpose

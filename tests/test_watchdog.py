@@ -10,11 +10,11 @@ from typing import Any
 
 from contrail.client.cli.base import EXIT_ENGINE_STALLED
 from contrail.core.jobs import keys
+from contrail.testing.faults import assert_exactly_once, create_job, item_ids, job, redis_client
+from contrail.testing.stack import Stack
 from contrail.worker.consumer.watchdog import WatchedEngine
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine, EngineStats
 from contrail.worker.engine.progress import STEPS
-from tests.faults import assert_exactly_once, create_job, item_ids, job, redis_client
-from tests.service_fixtures import Stack
 
 DECODING = {"max_new_tokens": 16, "counterfactual_fraction": 0.5}
 REPO = Path(__file__).resolve().parent.parent  # tests.stall_worker is run from the checkout

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from contrail.testing.stack import Stack
 from contrail.worker.consumer import loop
 from contrail.worker.consumer.loop import Worker
 from contrail.worker.engine.base import DecodeRequest, DecodeResult, Engine, EngineStats
-from tests.service_fixtures import Stack
+from tests.service_fixtures import worker_settings
 
 
 class _Closable(Engine):
@@ -49,7 +50,7 @@ def _exit_recorder(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _worker(stack: Stack, engine: Engine) -> Worker:
-    return Worker(stack.worker_settings(), engine=engine, worker_id=f"stop-{time.monotonic_ns()}")
+    return Worker(worker_settings(stack), engine=engine, worker_id=f"stop-{time.monotonic_ns()}")
 
 
 def test_a_hard_stop_closes_the_engine_before_it_exits(

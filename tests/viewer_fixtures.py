@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.servers import SeaweedS3
-from tests.service_fixtures import (
+from contrail.testing.servers import SeaweedS3
+from contrail.testing.stack import (
     KEY_A,
     KEY_B,
     MODEL,

@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 
 from contrail.core.jobs import keys
-from tests.faults import expected_pairs, redis_client, stats, stored
-from tests.servers import SeaweedS3
-from tests.service_fixtures import Stack, WorkerProc, items_jsonl
+from contrail.testing.faults import expected_pairs, redis_client, stats, stored
+from contrail.testing.servers import SeaweedS3, WorkerProc
+from contrail.testing.stack import Stack, items_jsonl
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from contrail.core.jobs import keys
-from tests.service_fixtures import Stack, items_jsonl, read_jsonl
+from contrail.testing.stack import Stack, items_jsonl, read_jsonl
 
 
 def _unit(*parts: object) -> float:
@@ -78,7 +78,7 @@ def stored(stack: Stack, job_id: str) -> tuple[list[tuple[str, str]], list[dict[
 def stats(stack: Stack) -> dict[str, int]:
     r = redis.Redis.from_url(stack.valkey.url, decode_responses=True)
     try:
-        return {k: int(float(v)) for k, v in r.hgetall(keys.STATS).items()}
+        return {str(k): int(float(v)) for k, v in r.hgetall(keys.STATS).items()}
     finally:
         r.close()
 

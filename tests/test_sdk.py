@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 
 from contrail.client import (
+    APIResponse,
     AsyncClient,
     AuthenticationError,
     Client,
@@ -155,6 +157,64 @@ def test_wait_timeout_and_cancel(make_stack: Any) -> None:
         assert info.value.job.id == job.id and not info.value.job.status.terminal
         cancelled = client.jobs.cancel(job.id)
         assert cancelled.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
+
+
+def test_raw_responses_and_per_call_timeouts(make_stack: Any) -> None:
+    """``with_raw_response`` gives the HTTP answer beside what the plain call returns, and a
+    per-call ``timeout`` reaches the request that is sent (read from httpx's own request)."""
+    stack: Stack = make_stack(CONTRAIL_REQUIRE_LIVE_WORKER="false")
+    sent: list[httpx.Request] = []
+    http = httpx.Client(event_hooks={"request": [sent.append]})
+    with _client(stack, http_client=http, timeout=30.0) as client:
+        raw_file = client.files.with_raw_response.upload(items_jsonl(2), task="generic")
+        assert isinstance(raw_file, APIResponse) and raw_file.status_code == 201
+        uploaded = raw_file.parse()
+        assert uploaded == client.files.retrieve(uploaded.id)
+        raw = client.jobs.with_raw_response.create(input_file_id=uploaded.id, model="tiny")
+        assert raw.status_code == 201
+        assert raw.headers["content-type"].startswith("application/json")
+        assert raw.parse().id == client.jobs.retrieve(raw.parse().id).id
+        listed = client.jobs.with_raw_response.list(limit=1)
+        assert listed.status_code == 200 and [j.id for j in listed.parse().data] == [raw.parse().id]
+        assert client.models.with_raw_response.list().parse() == client.models.list()
+
+        sent.clear()
+        client.jobs.retrieve(raw.parse().id, timeout=7.5)
+        client.jobs.retrieve(raw.parse().id)
+        client.with_options(timeout=3.0).models.list()
+        reads = [r.extensions["timeout"]["read"] for r in sent]
+        assert reads == [7.5, 30.0, 3.0], reads
+    http.close()
+
+
+def test_async_destructive_routes(stack: Stack) -> None:
+    """The async client's cancel, resubmit, delete and files.delete against the real stack."""
+    stack.worker()
+
+    async def run() -> None:
+        async with AsyncClient(api_key=KEY_A, base_url=stack.url) as client:
+            spare = await client.files.upload(items_jsonl(1), task="generic")
+            assert (await client.files.delete(spare.id)).deleted
+            with pytest.raises(NotFoundError):
+                await client.files.retrieve(spare.id)
+            job = await client.jobs.create(
+                items=_items(40), model="tiny", decoding={"max_new_tokens": 24}
+            )
+            cancelled = await client.jobs.cancel(job.id)
+            assert cancelled.status in (JobStatus.CANCELLING, JobStatus.CANCELLED)
+            cancelled = await client.jobs.wait(job.id, poll_interval=0.2, timeout=120)
+            assert cancelled.status is JobStatus.CANCELLED
+            again = await client.jobs.resubmit(job.id)
+            assert again.id != job.id and again.metadata == {"resubmitted_from": job.id}
+            finished = await client.jobs.wait(again.id, poll_interval=0.2, timeout=240)
+            assert finished.status is JobStatus.COMPLETED
+            for done in (job.id, again.id):
+                raw = await client.jobs.with_raw_response.delete(done)
+                assert raw.status_code == 200 and raw.parse().deleted
+                with pytest.raises(NotFoundError):
+                    await client.jobs.retrieve(done)
+
+    asyncio.run(run())
 
 
 def test_typed_errors(stack: Stack) -> None:

@@ -77,3 +77,31 @@ def test_every_method_has_its_twin_with_the_same_signature() -> None:
                     f"{where}.{name}: the async twin is{'' if is_async else ' not'} async"
                 )
     assert differences == [], "\n".join(differences)
+
+
+def test_raw_response_surfaces_are_twins() -> None:
+    """``with_raw_response`` wraps the same methods on both sides, awaitable on the async one."""
+    differences: list[str] = []
+    for where, sync, asynchronous in _pairs()[1:]:
+        ours, theirs = vars(sync.with_raw_response), vars(asynchronous.with_raw_response)
+        if set(ours) != set(theirs):
+            differences.append(f"{where}: {sorted(ours)} != {sorted(theirs)}")
+        for name, wrapped in ours.items():
+            plain = getattr(sync, name)
+            if inspect.signature(wrapped) != inspect.signature(plain):
+                differences.append(f"{where}.with_raw_response.{name}: signature differs")
+            if name not in theirs:
+                continue
+            if not inspect.iscoroutinefunction(theirs[name]):
+                differences.append(f"{where}.with_raw_response.{name}: async twin not awaitable")
+            if inspect.iscoroutinefunction(wrapped):
+                differences.append(f"{where}.with_raw_response.{name}: sync twin is async")
+    assert differences == [], "\n".join(differences)
+
+
+def test_raw_response_wraps_every_single_request_method() -> None:
+    """Every method that sends exactly one request has a raw twin; the rest are named here."""
+    multi_request = {"jobs": {"wait", "download", "results", "errors"}}
+    for where, sync, _ in _pairs()[1:]:
+        expected = set(_methods(sync)) - multi_request.get(where, set())
+        assert set(vars(sync.with_raw_response)) == expected, where

@@ -9,6 +9,11 @@
         for record in client.jobs.results(job.id):
             print(record.answer, record.rationale)
 
+    # Per call: a timeout, or the HTTP answer beside the parsed value (as in openai-python).
+    job = client.jobs.retrieve(job.id, timeout=5.0)
+    raw = client.jobs.with_raw_response.retrieve(job.id)
+    print(raw.status_code, raw.headers["content-type"], raw.parse().status)
+
 This package imports nothing heavier than httpx, pydantic and tqdm.
 """
 
@@ -37,6 +42,7 @@ from contrail.client._exceptions import (
     UnprocessableEntityError,
     WaitTimeoutError,
 )
+from contrail.client._response import APIResponse
 from contrail.client.helpers import to_hf_dataset, to_pandas
 from contrail.client.jobs import DEFAULT_MODEL
 from contrail.client.pagination import AsyncCursorPage, AsyncPaginator, SyncCursorPage
@@ -49,6 +55,7 @@ __all__ = [
     "NOT_GIVEN",
     "APIConnectionError",
     "APIError",
+    "APIResponse",
     "APIStatusError",
     "APITimeoutError",
     "AsyncClient",

@@ -16,15 +16,24 @@ import math
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm.auto import tqdm
 
-from contrail.client._base import AsyncAPI, RequestOptions, SyncAPI, check_id
+from contrail.client._base import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes, check_id
+from contrail.client._resource import AsyncAPIResource, SyncAPIResource
+from contrail.client._response import async_to_raw_response_wrapper, to_raw_response_wrapper
 from contrail.client.types import Deleted, FileObject, TaskName
 
-__all__ = ["AsyncFiles", "FileInput", "Files"]
+__all__ = [
+    "AsyncFiles",
+    "AsyncFilesWithRawResponse",
+    "FileInput",
+    "Files",
+    "FilesWithRawResponse",
+]
 
 FileInput = str | os.PathLike[str] | bytes | IO[bytes] | Iterable[Mapping[str, Any]] | Any
 """A path, the file's bytes or a binary file object (read from its current position); or
@@ -170,7 +179,12 @@ class _Upload:
         while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             yield chunk
 
-    def options(self, task: TaskName | str, content: Callable[[], Any]) -> RequestOptions:
+    def options(
+        self,
+        task: TaskName | str,
+        content: Callable[[], Any],
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> RequestOptions:
         headers = {"Content-Type": self._media_type()}
         if self.size is not None:
             headers["Content-Length"] = str(self.size)
@@ -181,6 +195,7 @@ class _Upload:
             content=content,
             headers=headers,
             max_retries=None if self.retryable else 0,
+            timeout=timeout,
         )
 
     def _media_type(self) -> str:
@@ -208,9 +223,11 @@ def _read_chunks(f: IO[bytes], bar: tqdm[Any] | None) -> Iterator[bytes]:
         yield chunk
 
 
-class Files:
-    def __init__(self, client: SyncAPI) -> None:
-        self._client = client
+class Files(SyncAPIResource):
+    @cached_property
+    def with_raw_response(self) -> FilesWithRawResponse:
+        """The same methods, each returning an :class:`APIResponse` (status, headers, parse())."""
+        return FilesWithRawResponse(self)
 
     def upload(
         self,
@@ -219,6 +236,7 @@ class Files:
         task: TaskName | str = TaskName.GENERIC,
         filename: str | None = None,
         progress: bool | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> FileObject:
         """Upload an input (``POST /v1/files``), streamed, never read whole: a path, bytes or a
         binary file of JSON lines, a JSON array, Parquet or any of them gzip-compressed; or
@@ -233,28 +251,27 @@ class Files:
         try:
             data = upload.data
             content = (lambda: data) if data is not None else (lambda: upload.chunks(bar))
-            response = self._client.request(upload.options(task, content))
+            return self._request(upload.options(task, content, timeout), FileObject)
         finally:
             if bar is not None:
                 bar.close()
-        return FileObject.model_validate_json(response.content)
 
-    def retrieve(self, file_id: str) -> FileObject:
+    def retrieve(self, file_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> FileObject:
         """``GET /v1/files/{file_id}``."""
-        check_id("file_id", file_id)
-        response = self._client.request(RequestOptions("GET", f"/v1/files/{file_id}"))
-        return FileObject.model_validate_json(response.content)
+        path = f"/v1/files/{check_id('file_id', file_id)}"
+        return self._get(path, cast_to=FileObject, timeout=timeout)
 
-    def delete(self, file_id: str) -> Deleted:
+    def delete(self, file_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Deleted:
         """``DELETE /v1/files/{file_id}`` (409 while a running job reads it)."""
-        check_id("file_id", file_id)
-        response = self._client.request(RequestOptions("DELETE", f"/v1/files/{file_id}"))
-        return Deleted.model_validate_json(response.content)
+        path = f"/v1/files/{check_id('file_id', file_id)}"
+        return self._delete(path, cast_to=Deleted, timeout=timeout)
 
 
-class AsyncFiles:
-    def __init__(self, client: AsyncAPI) -> None:
-        self._client = client
+class AsyncFiles(AsyncAPIResource):
+    @cached_property
+    def with_raw_response(self) -> AsyncFilesWithRawResponse:
+        """The same methods, each returning an :class:`APIResponse` (status, headers, parse())."""
+        return AsyncFilesWithRawResponse(self)
 
     async def upload(
         self,
@@ -263,6 +280,7 @@ class AsyncFiles:
         task: TaskName | str = TaskName.GENERIC,
         filename: str | None = None,
         progress: bool | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> FileObject:
         """Upload an input (``POST /v1/files``), streamed, never read whole: a path, bytes or a
         binary file of JSON lines, a JSON array, Parquet or any of them gzip-compressed; or
@@ -277,20 +295,39 @@ class AsyncFiles:
         try:
             data = upload.data
             content = (lambda: data) if data is not None else (lambda: upload.achunks(bar))
-            response = await self._client.request(upload.options(task, content))
+            return await self._request(upload.options(task, content, timeout), FileObject)
         finally:
             if bar is not None:
                 bar.close()
-        return FileObject.model_validate_json(response.content)
 
-    async def retrieve(self, file_id: str) -> FileObject:
+    async def retrieve(
+        self, file_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> FileObject:
         """``GET /v1/files/{file_id}``."""
-        check_id("file_id", file_id)
-        response = await self._client.request(RequestOptions("GET", f"/v1/files/{file_id}"))
-        return FileObject.model_validate_json(response.content)
+        path = f"/v1/files/{check_id('file_id', file_id)}"
+        return await self._get(path, cast_to=FileObject, timeout=timeout)
 
-    async def delete(self, file_id: str) -> Deleted:
+    async def delete(
+        self, file_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> Deleted:
         """``DELETE /v1/files/{file_id}`` (409 while a running job reads it)."""
-        check_id("file_id", file_id)
-        response = await self._client.request(RequestOptions("DELETE", f"/v1/files/{file_id}"))
-        return Deleted.model_validate_json(response.content)
+        path = f"/v1/files/{check_id('file_id', file_id)}"
+        return await self._delete(path, cast_to=Deleted, timeout=timeout)
+
+
+class FilesWithRawResponse:
+    """``client.files.with_raw_response``: each method returns an :class:`APIResponse`."""
+
+    def __init__(self, files: Files) -> None:
+        self.upload = to_raw_response_wrapper(files.upload)
+        self.retrieve = to_raw_response_wrapper(files.retrieve)
+        self.delete = to_raw_response_wrapper(files.delete)
+
+
+class AsyncFilesWithRawResponse:
+    """``client.files.with_raw_response``: each method returns an :class:`APIResponse`."""
+
+    def __init__(self, files: AsyncFiles) -> None:
+        self.upload = async_to_raw_response_wrapper(files.upload)
+        self.retrieve = async_to_raw_response_wrapper(files.retrieve)
+        self.delete = async_to_raw_response_wrapper(files.delete)

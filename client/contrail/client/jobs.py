@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,8 +17,10 @@ from urllib.request import url2pathname
 
 from tqdm.auto import tqdm
 
-from contrail.client._base import AsyncAPI, RequestOptions, SyncAPI, check_id
+from contrail.client._base import NOT_GIVEN, NotGiven, RequestOptions, TimeoutTypes, check_id
 from contrail.client._exceptions import WaitTimeoutError
+from contrail.client._resource import AsyncAPIResource, SyncAPIResource
+from contrail.client._response import async_to_raw_response_wrapper, to_raw_response_wrapper
 from contrail.client.helpers import DatasetFormat, format_for_path, write_jsonl, write_parquet
 from contrail.client.pagination import AsyncCursorPage, AsyncPaginator, SyncCursorPage
 from contrail.client.types import (
@@ -35,7 +38,13 @@ from contrail.client.types import (
     TaskName,
 )
 
-__all__ = ["DEFAULT_MODEL", "AsyncJobs", "Jobs"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "AsyncJobs",
+    "AsyncJobsWithRawResponse",
+    "Jobs",
+    "JobsWithRawResponse",
+]
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_POLL_INTERVAL = 1.0
@@ -168,9 +177,11 @@ def _write_records(
 # ---------------------------------------------------------------------------------------------
 
 
-class Jobs:
-    def __init__(self, client: SyncAPI) -> None:
-        self._client = client
+class Jobs(SyncAPIResource):
+    @cached_property
+    def with_raw_response(self) -> JobsWithRawResponse:
+        """The same methods, each returning an :class:`APIResponse` (status, headers, parse())."""
+        return JobsWithRawResponse(self)
 
     def create(
         self,
@@ -186,6 +197,7 @@ class Jobs:
         idempotency_key: str | None = None,
         quality: QualitySettings | Mapping[str, Any] | None = None,
         template: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
@@ -208,44 +220,46 @@ class Jobs:
             quality=quality,
             template=template,
         )
-        response = self._client.request(options)
-        return Job.model_validate_json(response.content)
+        options.timeout = timeout
+        return self._request(options, Job)
 
-    def retrieve(self, job_id: str) -> Job:
+    def retrieve(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Job:
         """``GET /v1/jobs/{job_id}``."""
-        check_id("job_id", job_id)
-        response = self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}"))
-        return Job.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}"
+        return self._get(path, cast_to=Job, timeout=timeout)
 
-    def list(self, *, limit: int = 20, after: str | None = None) -> SyncCursorPage[Job]:
+    def list(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> SyncCursorPage[Job]:
         """One page of jobs, newest first; iterating the page walks all later pages too."""
-        options = RequestOptions("GET", "/v1/jobs", params={"limit": limit, "after": after})
-        page = JobList.model_validate_json(self._client.request(options).content)
+        params = {"limit": limit, "after": after}
+        page = self._get("/v1/jobs", cast_to=JobList, params=params, timeout=timeout)
         return SyncCursorPage(
             data=page.data,
             has_more=page.has_more,
             last_id=page.last_id or (page.data[-1].id if page.data else None),
-            fetch=lambda cursor: self.list(limit=limit, after=cursor),
+            fetch=lambda cursor: self.list(limit=limit, after=cursor, timeout=timeout),
         )
 
-    def cancel(self, job_id: str) -> Job:
+    def cancel(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Job:
         """``POST /v1/jobs/{job_id}/cancel``: the job goes to ``cancelling``, then ``cancelled``."""
-        check_id("job_id", job_id)
-        response = self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/cancel"))
-        return Job.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}/cancel"
+        return self._post(path, cast_to=Job, timeout=timeout)
 
-    def delete(self, job_id: str) -> Deleted:
+    def delete(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Deleted:
         """``DELETE /v1/jobs/{job_id}``: a finished job and all its stored data."""
-        check_id("job_id", job_id)
-        response = self._client.request(RequestOptions("DELETE", f"/v1/jobs/{job_id}"))
-        return Deleted.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}"
+        return self._delete(path, cast_to=Deleted, timeout=timeout)
 
-    def resubmit(self, job_id: str) -> Job:
+    def resubmit(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Job:
         """``POST /v1/jobs/{job_id}/resubmit``: a new job over the failed (or, for a cancelled
         or expired job, unfinished) items of a finished one, with the same settings."""
-        check_id("job_id", job_id)
-        response = self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/resubmit"))
-        return Job.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}/resubmit"
+        return self._post(path, cast_to=Job, timeout=timeout)
 
     def wait(
         self,
@@ -279,31 +293,36 @@ class Jobs:
         finally:
             bar.close()
 
-    def results(self, job_id: str) -> Iterator[RationaleRecord]:
+    def results(
+        self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> Iterator[RationaleRecord]:
         """Stream the job's records (what is finished so far; all once completed).
 
         The request is sent when iteration starts."""
         check_id("job_id", job_id)
-        options = RequestOptions("GET", f"/v1/jobs/{job_id}/results")
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/results", timeout=timeout)
         with self._client.stream(options) as response:
             for line in response.iter_lines():
                 if line.strip():
                     yield RationaleRecord.model_validate_json(line)
 
-    def errors(self, job_id: str) -> Iterator[ItemError]:
+    def errors(
+        self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> Iterator[ItemError]:
         """Stream the job's per-item errors. The request is sent when iteration starts."""
         check_id("job_id", job_id)
-        options = RequestOptions("GET", f"/v1/jobs/{job_id}/errors")
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/errors", timeout=timeout)
         with self._client.stream(options) as response:
             for line in response.iter_lines():
                 if line.strip():
                     yield ItemError.model_validate_json(line)
 
-    def dataset(self, job_id: str) -> DatasetLocation:
+    def dataset(
+        self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> DatasetLocation:
         """Where the job's dataset files are (presigned S3 URLs or file:// URLs)."""
-        check_id("job_id", job_id)
-        response = self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}/dataset"))
-        return DatasetLocation.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}/dataset"
+        return self._get(path, cast_to=DatasetLocation, timeout=timeout)
 
     def download(
         self,
@@ -339,9 +358,11 @@ class Jobs:
         return target
 
 
-class AsyncJobs:
-    def __init__(self, client: AsyncAPI) -> None:
-        self._client = client
+class AsyncJobs(AsyncAPIResource):
+    @cached_property
+    def with_raw_response(self) -> AsyncJobsWithRawResponse:
+        """The same methods, each returning an :class:`APIResponse` (status, headers, parse())."""
+        return AsyncJobsWithRawResponse(self)
 
     async def create(
         self,
@@ -357,6 +378,7 @@ class AsyncJobs:
         idempotency_key: str | None = None,
         quality: QualitySettings | Mapping[str, Any] | None = None,
         template: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> Job:
         """Create a job from an uploaded file or inline items (``POST /v1/jobs``).
 
@@ -379,48 +401,51 @@ class AsyncJobs:
             quality=quality,
             template=template,
         )
-        response = await self._client.request(options)
-        return Job.model_validate_json(response.content)
+        options.timeout = timeout
+        return await self._request(options, Job)
 
-    async def retrieve(self, job_id: str) -> Job:
+    async def retrieve(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Job:
         """``GET /v1/jobs/{job_id}``."""
-        check_id("job_id", job_id)
-        response = await self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}"))
-        return Job.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}"
+        return await self._get(path, cast_to=Job, timeout=timeout)
 
-    def list(self, *, limit: int = 20, after: str | None = None) -> AsyncPaginator[Job]:
+    def list(
+        self,
+        *,
+        limit: int = 20,
+        after: str | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
+    ) -> AsyncPaginator[Job]:
         """``await`` it for one page of jobs (newest first), or ``async for`` over every job."""
-        return AsyncPaginator(lambda: self._list_page(limit, after))
+        return AsyncPaginator(lambda: self._list_page(limit, after, timeout))
 
-    async def _list_page(self, limit: int, after: str | None) -> AsyncCursorPage[Job]:
-        options = RequestOptions("GET", "/v1/jobs", params={"limit": limit, "after": after})
-        page = JobList.model_validate_json((await self._client.request(options)).content)
+    async def _list_page(
+        self, limit: int, after: str | None, timeout: TimeoutTypes | NotGiven
+    ) -> AsyncCursorPage[Job]:
+        params = {"limit": limit, "after": after}
+        page = await self._get("/v1/jobs", cast_to=JobList, params=params, timeout=timeout)
         return AsyncCursorPage(
             data=page.data,
             has_more=page.has_more,
             last_id=page.last_id or (page.data[-1].id if page.data else None),
-            fetch=lambda cursor: self._list_page(limit, cursor),
+            fetch=lambda cursor: self._list_page(limit, cursor, timeout),
         )
 
-    async def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Job:
         """``POST /v1/jobs/{job_id}/cancel``: the job goes to ``cancelling``, then ``cancelled``."""
-        check_id("job_id", job_id)
-        response = await self._client.request(RequestOptions("POST", f"/v1/jobs/{job_id}/cancel"))
-        return Job.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}/cancel"
+        return await self._post(path, cast_to=Job, timeout=timeout)
 
-    async def delete(self, job_id: str) -> Deleted:
+    async def delete(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Deleted:
         """``DELETE /v1/jobs/{job_id}``: a finished job and all its stored data."""
-        check_id("job_id", job_id)
-        response = await self._client.request(RequestOptions("DELETE", f"/v1/jobs/{job_id}"))
-        return Deleted.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}"
+        return await self._delete(path, cast_to=Deleted, timeout=timeout)
 
-    async def resubmit(self, job_id: str) -> Job:
+    async def resubmit(self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> Job:
         """``POST /v1/jobs/{job_id}/resubmit``: a new job over the failed (or, for a cancelled
         or expired job, unfinished) items of a finished one, with the same settings."""
-        check_id("job_id", job_id)
-        options = RequestOptions("POST", f"/v1/jobs/{job_id}/resubmit")
-        response = await self._client.request(options)
-        return Job.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}/resubmit"
+        return await self._post(path, cast_to=Job, timeout=timeout)
 
     async def wait(
         self,
@@ -454,31 +479,36 @@ class AsyncJobs:
         finally:
             bar.close()
 
-    async def results(self, job_id: str) -> AsyncIterator[RationaleRecord]:
+    async def results(
+        self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> AsyncIterator[RationaleRecord]:
         """Stream the job's records (what is finished so far; all once completed).
 
         The request is sent when iteration starts."""
         check_id("job_id", job_id)
-        options = RequestOptions("GET", f"/v1/jobs/{job_id}/results")
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/results", timeout=timeout)
         async with self._client.stream(options) as response:
             async for line in response.aiter_lines():
                 if line.strip():
                     yield RationaleRecord.model_validate_json(line)
 
-    async def errors(self, job_id: str) -> AsyncIterator[ItemError]:
+    async def errors(
+        self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> AsyncIterator[ItemError]:
         """Stream the job's per-item errors. The request is sent when iteration starts."""
         check_id("job_id", job_id)
-        options = RequestOptions("GET", f"/v1/jobs/{job_id}/errors")
+        options = RequestOptions("GET", f"/v1/jobs/{job_id}/errors", timeout=timeout)
         async with self._client.stream(options) as response:
             async for line in response.aiter_lines():
                 if line.strip():
                     yield ItemError.model_validate_json(line)
 
-    async def dataset(self, job_id: str) -> DatasetLocation:
+    async def dataset(
+        self, job_id: str, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN
+    ) -> DatasetLocation:
         """Where the job's dataset files are (presigned S3 URLs or file:// URLs)."""
-        check_id("job_id", job_id)
-        response = await self._client.request(RequestOptions("GET", f"/v1/jobs/{job_id}/dataset"))
-        return DatasetLocation.model_validate_json(response.content)
+        path = f"/v1/jobs/{check_id('job_id', job_id)}/dataset"
+        return await self._get(path, cast_to=DatasetLocation, timeout=timeout)
 
     async def download(
         self,
@@ -518,3 +548,29 @@ class AsyncJobs:
         records = [r async for r in self.results(job_id)]
         await asyncio.to_thread(_write_records, records, target, fmt)
         return target
+
+
+class JobsWithRawResponse:
+    """``client.jobs.with_raw_response``: each method returns an :class:`APIResponse`."""
+
+    def __init__(self, jobs: Jobs) -> None:
+        self.create = to_raw_response_wrapper(jobs.create)
+        self.retrieve = to_raw_response_wrapper(jobs.retrieve)
+        self.list = to_raw_response_wrapper(jobs.list)
+        self.cancel = to_raw_response_wrapper(jobs.cancel)
+        self.delete = to_raw_response_wrapper(jobs.delete)
+        self.resubmit = to_raw_response_wrapper(jobs.resubmit)
+        self.dataset = to_raw_response_wrapper(jobs.dataset)
+
+
+class AsyncJobsWithRawResponse:
+    """``client.jobs.with_raw_response``: each method returns an :class:`APIResponse`."""
+
+    def __init__(self, jobs: AsyncJobs) -> None:
+        self.create = async_to_raw_response_wrapper(jobs.create)
+        self.retrieve = async_to_raw_response_wrapper(jobs.retrieve)
+        self.list = async_to_raw_response_wrapper(jobs.list)
+        self.cancel = async_to_raw_response_wrapper(jobs.cancel)
+        self.delete = async_to_raw_response_wrapper(jobs.delete)
+        self.resubmit = async_to_raw_response_wrapper(jobs.resubmit)
+        self.dataset = async_to_raw_response_wrapper(jobs.dataset)

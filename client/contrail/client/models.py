@@ -2,27 +2,47 @@
 
 from __future__ import annotations
 
-from contrail.client._base import AsyncAPI, RequestOptions, SyncAPI
+from functools import cached_property
+
+from contrail.client._base import NOT_GIVEN, NotGiven, TimeoutTypes
+from contrail.client._resource import AsyncAPIResource, SyncAPIResource
+from contrail.client._response import async_to_raw_response_wrapper, to_raw_response_wrapper
 from contrail.client.types import ModelList
 
-__all__ = ["AsyncModels", "Models"]
+__all__ = ["AsyncModels", "AsyncModelsWithRawResponse", "Models", "ModelsWithRawResponse"]
 
 
-class Models:
-    def __init__(self, client: SyncAPI) -> None:
-        self._client = client
+class Models(SyncAPIResource):
+    @cached_property
+    def with_raw_response(self) -> ModelsWithRawResponse:
+        """The same methods, each returning an :class:`APIResponse` (status, headers, parse())."""
+        return ModelsWithRawResponse(self)
 
-    def list(self) -> ModelList:
+    def list(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ModelList:
         """The models that live workers serve (``GET /v1/models``)."""
-        response = self._client.request(RequestOptions("GET", "/v1/models"))
-        return ModelList.model_validate_json(response.content)
+        return self._get("/v1/models", cast_to=ModelList, timeout=timeout)
 
 
-class AsyncModels:
-    def __init__(self, client: AsyncAPI) -> None:
-        self._client = client
+class AsyncModels(AsyncAPIResource):
+    @cached_property
+    def with_raw_response(self) -> AsyncModelsWithRawResponse:
+        """The same methods, each returning an :class:`APIResponse` (status, headers, parse())."""
+        return AsyncModelsWithRawResponse(self)
 
-    async def list(self) -> ModelList:
+    async def list(self, *, timeout: TimeoutTypes | NotGiven = NOT_GIVEN) -> ModelList:
         """The models that live workers serve (``GET /v1/models``)."""
-        response = await self._client.request(RequestOptions("GET", "/v1/models"))
-        return ModelList.model_validate_json(response.content)
+        return await self._get("/v1/models", cast_to=ModelList, timeout=timeout)
+
+
+class ModelsWithRawResponse:
+    """``client.models.with_raw_response``: each method returns an :class:`APIResponse`."""
+
+    def __init__(self, models: Models) -> None:
+        self.list = to_raw_response_wrapper(models.list)
+
+
+class AsyncModelsWithRawResponse:
+    """``client.models.with_raw_response``: each method returns an :class:`APIResponse`."""
+
+    def __init__(self, models: AsyncModels) -> None:
+        self.list = async_to_raw_response_wrapper(models.list)

@@ -33,6 +33,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from provenance import git_sha  # noqa: E402
+
 from contrail.testing.browser import chromium_page  # noqa: E402
 from contrail.testing.servers import seaweed, valkey  # noqa: E402
 from contrail.testing.stack import KEY_A, Stack, items_jsonl  # noqa: E402
@@ -193,6 +195,7 @@ def main() -> int:
         "repeats": REPEATS,
         "machine": f"{platform.machine()} cpus={os.cpu_count()}, shared with other work",
         "date": time.strftime("%Y-%m-%d"),
+        "versions": {"contrail": git_sha()},
     }
     with seaweed() as s3, valkey() as vk, tempfile.TemporaryDirectory() as tmp:
         stack = Stack(

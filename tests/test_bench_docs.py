@@ -40,6 +40,15 @@ PREDATES_CODE_DIRTY = frozenset({"engine_smollm2-135m.json"})
 # Report pages outside docs/bench/ whose every figure is traced (their results files lie beside
 # them).
 MEASURED_PAGES = ("docs/quality/STUDENT.md",)
+# Sections of other pages whose every figure is traced: (page, heading), annotations naming files
+# relative to the page's folder.
+MEASURED_SECTIONS = (("docs/VIEWER.md", "Measured"),)
+
+
+def _section(markdown: str, heading: str) -> str | None:
+    """From the "## <heading>..." line to the next "## " heading."""
+    match = re.search(rf"^## {re.escape(heading)}[^\n]*\n(.*?)(?=^## |\Z)", markdown, re.S | re.M)
+    return match.group(1) if match else None
 
 
 def performance_docs() -> dict[str, tuple[str, Path]]:
@@ -53,6 +62,11 @@ def performance_docs() -> dict[str, tuple[str, Path]]:
     pages = [*sorted(BENCH.glob("*.md")), *measured]
     for path in pages:
         docs[str(path.relative_to(REPO))] = (path.read_text(encoding="utf-8"), path.parent)
+    for page, heading in MEASURED_SECTIONS:
+        path = REPO / page
+        section = _section(path.read_text(encoding="utf-8"), heading) if path.is_file() else None
+        if section is not None:  # else test_the_measured_pages_exist fails
+            docs[f"{page} ({heading})"] = (section, path.parent)
     return docs
 
 
@@ -167,6 +181,7 @@ def test_every_quoted_number_is_in_its_results_file(where: str) -> None:
 
 def test_the_measured_pages_exist() -> None:
     assert [p for p in MEASURED_PAGES if not (REPO / p).is_file()] == []
+    assert [s for s in MEASURED_SECTIONS if f"{s[0]} ({s[1]})" not in performance_docs()] == []
 
 
 def test_the_check_fails_on_a_number_that_is_in_no_results_file() -> None:

@@ -9,18 +9,51 @@ so memory stays bounded by one shard whatever the job's size.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 
 from obstore.exceptions import NotFoundError
 
 from contrail.client.types import Item
+from contrail.core.jobs import states
 from contrail.core.jobs.protocol import ShardPlan
-from contrail.core.jobs.record import JobRecord
+from contrail.core.jobs.record import JobRecord, new_id
 from contrail.core.jobs.sizing import rationales_owed
 from contrail.core.jobs.store import AsyncJobStore
 from contrail.core.storage import Storage, job_input_key, job_input_prefix, shard_output_keys
-from contrail.service.creation import JobInput
+from contrail.service import creation
+from contrail.service.creation import JobInput, JobSpec
 from contrail.service.errors import ApiError
+from contrail.service.settings import ApiSettings
+
+
+async def resubmit(
+    store: AsyncJobStore, storage: Storage, settings: ApiSettings, old: JobRecord
+) -> JobRecord:
+    """The new job over `old`'s unfinished items, created with `old`'s settings; 409 while `old`
+    runs or when nothing is left to take again."""
+    if old.status not in states.TERMINAL:
+        raise ApiError(409, f"job {old.id} is {old.status.value}: resubmit it once it has ended")
+    await creation.check_model(store, old.model, settings)
+    new_job_id = new_id("job")
+    job_input = await resubmission_input(storage, store, old, new_job_id, settings.shard_size)
+    if job_input.items == 0:
+        await storage.delete_prefix_async(f"jobs/{new_job_id}/")
+        await store.drop_pending_input(new_job_id)
+        raise ApiError(409, f"job {old.id} has no failed or unfinished items to resubmit")
+    spec = JobSpec(
+        tenant=old.tenant,
+        task=old.task,
+        model=old.model,
+        decoding=old.decoding,
+        demonstrations=old.demonstrations,
+        metadata={**(old.metadata or {}), "resubmitted_from": old.id},
+        completion_window=old.completion_window,
+        quality=old.quality,
+        template=old.template,
+    )
+    record = creation.new_record(new_job_id, spec, job_input, time.time())
+    return await creation.create(store, storage, settings, record, job_input, None)
 
 
 async def _failed_ids(storage: Storage, job_id: str, shard: int, attempt: str) -> set[str]:

@@ -4,7 +4,6 @@ results, errors and dataset locations."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
@@ -18,15 +17,12 @@ from contrail.client.types import (
     JobList,
 )
 from contrail.core.jobs import protocol, states
-from contrail.core.jobs.outputs import counted_keys
-from contrail.core.jobs.record import JobRecord, new_id
+from contrail.core.jobs.record import JobRecord
 from contrail.core.jobs.store import AsyncJobStore
-from contrail.core.storage import Storage, dataset_keys
-from contrail.service import creation
-from contrail.service.creation import JobSpec
+from contrail.service import creation, outputs
 from contrail.service.deps import SettingsDep, StorageDep, StoreDep, TenantDep, rate_limited
 from contrail.service.errors import ApiError, error_responses
-from contrail.service.resubmit import resubmission_input
+from contrail.service.resubmit import resubmit
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -138,41 +134,7 @@ async def resubmit_job(
     rationale: those with a failed rationale, and (for a cancelled, expired or failed job)
     those never decoded. Its metadata names the original job (`resubmitted_from`)."""
     old = await _job_or_404(store, tenant, job_id)
-    if old.status not in states.TERMINAL:
-        raise ApiError(409, f"job {job_id} is {old.status.value}: resubmit it once it has ended")
-    await creation.check_model(store, old.model, settings)
-    new_job_id = new_id("job")
-    job_input = await resubmission_input(storage, store, old, new_job_id, settings.shard_size)
-    if job_input.items == 0:
-        await storage.delete_prefix_async(f"jobs/{new_job_id}/")
-        await store.drop_pending_input(new_job_id)
-        raise ApiError(409, f"job {job_id} has no failed or unfinished items to resubmit")
-    spec = JobSpec(
-        tenant=tenant,
-        task=old.task,
-        model=old.model,
-        decoding=old.decoding,
-        demonstrations=old.demonstrations,
-        metadata={**(old.metadata or {}), "resubmitted_from": job_id},
-        completion_window=old.completion_window,
-        quality=old.quality,
-        template=old.template,
-    )
-    record = creation.new_record(new_job_id, spec, job_input, time.time())
-    return (await creation.create(store, storage, settings, record, job_input, None)).to_job()
-
-
-async def _stream_results(
-    store: AsyncJobStore, storage: Storage, record: JobRecord, errors: bool
-) -> AsyncIterator[bytes]:
-    merged = dataset_keys(record.id)["errors" if errors else "dataset"]
-    if record.status in states.TERMINAL and await storage.exists_async(merged):
-        async for chunk in storage.stream_async(merged):
-            yield chunk
-        return
-    for key in counted_keys(record.id, await store.counted(record.id), errors=errors):
-        async for chunk in storage.stream_async(key):
-            yield chunk
+    return (await resubmit(store, storage, settings, old)).to_job()
 
 
 @router.get(
@@ -186,7 +148,7 @@ async def job_results(
 ) -> StreamingResponse:
     """RationaleRecords as JSONL: what is finished so far, all of them once completed."""
     record = await _job_or_404(store, tenant, job_id)
-    return StreamingResponse(_stream_results(store, storage, record, False), media_type=JSONL)
+    return StreamingResponse(outputs.stream(store, storage, record, errors=False), media_type=JSONL)
 
 
 @router.get(
@@ -200,7 +162,7 @@ async def job_errors(
 ) -> StreamingResponse:
     """ItemErrors as JSONL (rationales that could not be produced)."""
     record = await _job_or_404(store, tenant, job_id)
-    return StreamingResponse(_stream_results(store, storage, record, True), media_type=JSONL)
+    return StreamingResponse(outputs.stream(store, storage, record, errors=True), media_type=JSONL)
 
 
 @router.get(
@@ -212,19 +174,4 @@ async def job_dataset(
     """Presigned URLs (S3) or file:// URLs (local storage) of the dataset files; null while the
     job is not finished."""
     record = await _job_or_404(store, tenant, job_id)
-    ks = dataset_keys(job_id)
-    if record.status not in states.TERMINAL or not await storage.exists_async(ks["manifest"]):
-        return DatasetLocation(
-            job_id=job_id, jsonl_url=None, parquet_url=None, errors_url=None, manifest_url=None
-        )
-    order = ["dataset", "parquet", "errors", "manifest"]
-    urls = await storage.urls_async([ks[k] for k in order], settings.url_expiry_s)
-    expires = int(time.time()) + settings.url_expiry_s if storage.scheme != "file" else None
-    return DatasetLocation(
-        job_id=job_id,
-        jsonl_url=urls[0],
-        parquet_url=urls[1],
-        errors_url=urls[2],
-        manifest_url=urls[3],
-        expires_at=expires,
-    )
+    return await outputs.dataset_location(storage, record, settings.url_expiry_s)

@@ -14,7 +14,12 @@ from contrail.client.cli.base import UsageError, lazy
 from contrail.client.cli.options import make_client
 from contrail.client.cli.plugins import CommandRegistry
 from contrail.client.jobs import DEFAULT_MODEL
-from contrail.distill.options import add_export_arguments, add_simulator_arguments
+from contrail.distill.options import (
+    add_bootstrap_arguments,
+    add_eval_arguments,
+    add_export_arguments,
+    add_simulator_arguments,
+)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -131,12 +136,7 @@ def register(registry: CommandRegistry) -> None:
         parents=[conn],
         help="rationale quality of datasets or jobs: signals, LAS (docs/QUALITY.md)",
     )
-    p.add_argument("datasets", nargs="+", help="dataset .jsonl/.parquet files or job ids")
-    add_simulator_arguments(p)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write the summaries here")
-    p.add_argument("--report-dir", type=Path, default=None, help="write report.md + report.png")
+    add_eval_arguments(p, job_ids=True)
     p.set_defaults(func=cmd_eval)
 
     p = registry.add(
@@ -177,7 +177,6 @@ def register(registry: CommandRegistry) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--device", default="cpu")
     add_simulator_arguments(p)
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
+    add_bootstrap_arguments(p)
     p.add_argument("--json", type=Path, default=None, help="write evaluations + comparisons")
     p.set_defaults(func=cmd_eval_student)

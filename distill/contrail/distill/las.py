@@ -49,13 +49,12 @@ from pydantic import BaseModel, Field
 from contrail.client.types import RationaleRecord, TaskName
 from contrail.core.quality_signals import answer_options
 from contrail.core.tasks.prompts import CHOICES_HEADER, format_choices, shows_choices
-from contrail.distill.options import DEFAULT_SIMULATOR
+from contrail.distill.options import DEFAULT_BOOTSTRAP, DEFAULT_SIMULATOR
 
 Condition = Literal["qr", "q", "r"]
 CONDITIONS: Final[tuple[Condition, ...]] = ("qr", "q", "r")
 Calibration = Literal["batch", "none"]
 MIN_CALIBRATION_GROUP: Final = 10
-DEFAULT_BOOTSTRAP: Final = 1000
 
 
 @dataclass(frozen=True)

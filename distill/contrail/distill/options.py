@@ -1,5 +1,5 @@
-"""Command-line options of the LAS simulator and of the student export, shared by `contrail
-eval` / `contrail export` and `python -m contrail.distill eval|export`.
+"""Command-line options of `eval`, the LAS simulator and the student export, shared by `contrail
+eval` / `contrail export` / `contrail eval-student` and `python -m contrail.distill eval|export`.
 
 Kept free of numpy and torch: the `contrail` CLI builds its parser from this module on every
 start, and the simulator modules take their defaults from here.
@@ -16,10 +16,31 @@ from typing import Final, Literal
 DEFAULT_SIMULATOR: Final = "smollm2-135m"
 DEFAULT_LAYER: Final = 16
 DEFAULT_FOLDS: Final = 5
+DEFAULT_BOOTSTRAP: Final = 1000  # resamples of every bootstrap CI
 Training = Literal["auto", "head", "cross-fit"]  # the `--simulator-training` choices
 TRAININGS: Final[tuple[Training, ...]] = ("auto", "head", "cross-fit")
 Format = Literal["trl", "axolotl", "llamafactory", "native"]  # the export's training-tool formats
 FORMATS: Final[tuple[Format, ...]] = ("trl", "axolotl", "llamafactory", "native")
+
+
+def add_eval_arguments(p: argparse.ArgumentParser, *, job_ids: bool = False) -> None:
+    """The options of `contrail eval` (``job_ids``: datasets may be job ids, fetched through the
+    API) and of `python -m contrail.distill eval` (files only)."""
+    if job_ids:
+        p.add_argument("datasets", nargs="+", help="dataset .jsonl/.parquet files or job ids")
+    else:
+        p.add_argument("datasets", nargs="+", type=Path, help="dataset .jsonl or .parquet files")
+    add_simulator_arguments(p)
+    add_bootstrap_arguments(p)
+    p.add_argument("--json", type=Path, default=None, help="write the summaries here")
+    p.add_argument(
+        "--report-dir", type=Path, default=None, help="write report.md + report.png here"
+    )
+
+
+def add_bootstrap_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def add_simulator_arguments(p: argparse.ArgumentParser) -> None:

@@ -6,8 +6,11 @@
     summary = summarize(records, simulator=TrainedSimulator())    # + LAS (loads a model)
     summary = summarize(records, simulator=LikelihoodSimulator()) # zero-shot LAS
 
-`summarize` is what a job finalizer calls; `QualitySummary` is JSON-ready (pydantic) for the
-manifest. Definitions: docs/QUALITY.md, `contrail.core.quality_signals`, `contrail.distill.las`.
+`QualitySummary` is JSON-ready (pydantic). A job's manifest gets its quality from the finalizer
+instead (`contrail.worker.consumer.finalize`: signal totals summed shard by shard, and LAS through
+`contrail.worker.consumer.job_quality` when the job asks for it), so that it never reads a whole
+dataset at once. Definitions: docs/QUALITY.md, `contrail.core.quality_signals`,
+`contrail.distill.las`.
 
 Command line (the `contrail eval` / `contrail export` subcommands call these):
 
@@ -39,7 +42,6 @@ from contrail.core.quality_signals import (
 )
 from contrail.distill.export import export_student, load_records
 from contrail.distill.las import (
-    DEFAULT_BOOTSTRAP,
     Calibration,
     Estimate,
     LasResult,
@@ -49,7 +51,7 @@ from contrail.distill.las import (
     Simulator,
     evaluate_las,
 )
-from contrail.distill.options import add_export_arguments, add_simulator_arguments
+from contrail.distill.options import DEFAULT_BOOTSTRAP, add_eval_arguments, add_export_arguments
 from contrail.distill.simulators import (
     TrainedSimulator,
 )
@@ -317,17 +319,6 @@ def comparison_chart(rows: Sequence[ComparisonRow], path: Path, title: str | Non
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-
-
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("datasets", nargs="+", type=Path, help="dataset .jsonl or .parquet files")
-    add_simulator_arguments(p)
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write the summaries here")
-    p.add_argument(
-        "--report-dir", type=Path, default=None, help="write report.md + report.png here"
-    )
 
 
 def build_simulator(args: argparse.Namespace) -> AnySimulator | None:

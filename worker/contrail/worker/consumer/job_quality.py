@@ -23,7 +23,8 @@ from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord
 from contrail.core.storage import Storage
-from contrail.distill.las import DEFAULT_BOOTSTRAP, LasResult, evaluate_las
+from contrail.distill.las import LasResult, evaluate_las
+from contrail.distill.options import DEFAULT_BOOTSTRAP
 from contrail.distill.simulators import HiddenStateEncoder, TrainedSimulator
 
 log = logging.getLogger("contrail.worker")

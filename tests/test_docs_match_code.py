@@ -16,6 +16,10 @@ RUNTIME = (".contrail/", "./contrail-data", "contrail-data/", "runs/")
 CODE = re.compile(r"`([^`\s]+)`")
 LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
 ENV_READ = re.compile(r"""(?:environ(?:\.get)?\(|environ\[|getenv\()\s*["'](CONTRAIL_[A-Z0-9_]+)""")
+# A setting read through a named constant (`ENV_API_KEY: Final = "CONTRAIL_API_KEY"`).
+ENV_CONSTANT = re.compile(
+    r"""^[A-Z][A-Z0-9_]*(?::\s*Final)?\s*=\s*["'](CONTRAIL_[A-Z0-9_]+)["']""", re.M
+)
 
 
 def _top_level() -> set[str]:
@@ -35,7 +39,11 @@ def named_paths(doc: Path) -> list[tuple[str, Path, str | None]]:
     for m in CODE.finditer(text):
         written = m.group(1).rstrip(".,:;")
         path, _, test = written.partition("::")
-        if "/" not in path or path.split("/")[0] not in top or re.search(r"[*{}<>|=()\[\]$]", path):
+        if "/" not in path or path.split("/")[0] not in top or re.search(r"[{}<>|=()\[\]$]", path):
+            continue
+        if "*" in path:  # a glob (`worker/contrail/worker/engine/*.py`) must match something
+            matched = sorted(REPO.glob(path))
+            found.append((written, matched[0] if matched else REPO / path, None))
             continue
         found.append((written, REPO / path, test or None))
     return found
@@ -70,7 +78,8 @@ def code_settings() -> set[str]:
         names |= {(prefix + f).upper() for f in cls.model_fields}
     for root in ("client", "core", "service", "worker", "distill"):
         for f in (REPO / root).rglob("*.py"):
-            names |= set(ENV_READ.findall(f.read_text(encoding="utf-8")))
+            text = f.read_text(encoding="utf-8")
+            names |= set(ENV_READ.findall(text)) | set(ENV_CONSTANT.findall(text))
     return names
 
 
@@ -90,11 +99,12 @@ def test_every_setting_is_in_the_readme_table() -> None:
 def test_the_checks_fail_on_what_does_not_exist(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text(
-        "See `worker/engine/vllm_pair.py`, `tests/test_cli.py::test_help`,"
+        "See `worker/engine/vllm_pair.py`, `worker/engine/*.py`, `tests/test_cli.py::test_help`,"
         " `tests/test_cli.py::test_nothing` and [x](missing.md).\n"
     )
     named = {w: (p.exists(), t) for w, p, t in named_paths(doc)}
     assert named["worker/engine/vllm_pair.py"] == (False, None)  # the path moved
+    assert named["worker/engine/*.py"] == (False, None)  # a glob that matches nothing
     assert named["tests/test_cli.py::test_help"] == (True, "test_help")
     assert named["missing.md"] == (False, None)
     cli = REPO / "tests" / "test_cli.py"

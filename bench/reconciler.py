@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -35,16 +32,10 @@ from contrail.core.jobs.protocol import Limits, ShardPlan
 from contrail.core.jobs.queue import JobQueue
 from contrail.core.jobs.reconciler import Reconciler
 from contrail.core.jobs.record import JobRecord
-from contrail.core.processes import valkey_server_path
+from contrail.testing.servers import valkey
 
 MODEL = "bench"
 STALL_S = 120.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _record(job_id: str, tenant: str, created: float, expires: float) -> JobRecord:
@@ -94,24 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     provenance = git_sha()
-    port = _port()
-    with tempfile.TemporaryDirectory(prefix="contrail-bench-") as tmp:
-        server = subprocess.Popen(
-            [str(valkey_server_path()), "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+    with valkey() as server:  # contrail.testing: its own session, stopped by process group
+        r = redis.Redis.from_url(server.url)
         try:
-            r = redis.Redis(port=port)
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    r.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
             started = time.perf_counter()
             populate(r, args.jobs, args.stalled, args.expired)
             populate_s = time.perf_counter() - started
@@ -130,10 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         "requeued_shards": sum(len(v) for v in report.requeued_shards.values()),
                     }
                 )
-            r.close()
         finally:
-            server.terminate()
-            server.wait(10)
+            r.close()
     later = passes[1:] or passes
     payload = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -74,11 +74,6 @@ def _check_against(result: DecodeResult, expected: list[int]) -> None:
         assert len(got) == len(expected)
 
 
-@pytest.fixture(scope="module")
-def tiny_engine(tiny_model_path: Path) -> ReferenceEngine:
-    return ReferenceEngine(ModelSpec("tiny", tiny_model_path), max_batch=16)
-
-
 # ------------------------------------------------------------------------------------------
 # contrastive_choice on hand-made logits
 # ------------------------------------------------------------------------------------------

@@ -153,8 +153,8 @@ def _dataset_url(location: DatasetLocation, fmt: DatasetFormat) -> str | None:
     return location.jsonl_url if fmt == "jsonl" else location.parquet_url
 
 
-def _presigned_get(url: str) -> RequestOptions:
-    return RequestOptions("GET", url, with_auth=False)
+def _presigned_get(url: str, timeout: TimeoutTypes | NotGiven) -> RequestOptions:
+    return RequestOptions("GET", url, with_auth=False, timeout=timeout)
 
 
 def _part_path(path: Path) -> Path:
@@ -330,15 +330,17 @@ class Jobs(SyncAPIResource):
         path: str | os.PathLike[str],
         *,
         format: DatasetFormat | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> Path:
         """Save the job's dataset as JSONL or Parquet (by ``format`` or the path's suffix).
+        ``timeout`` applies to each request it sends (the location, then the file).
 
         Copies the file the dataset location names (a local file:// path, or a presigned URL
         fetched without the API key); when the location has no such file (a job still running,
         a file:// URL from another machine), writes the records from the results stream."""
         fmt = format_for_path(path, format)
         target = Path(path)
-        location = self.dataset(job_id)
+        location = self.dataset(job_id, timeout=timeout)
         url = _dataset_url(location, fmt)
         part = _part_path(target)
         if url is not None:
@@ -349,12 +351,13 @@ class Jobs(SyncAPIResource):
                 return target
             if local is None:
                 # Through the client's retry loop, without the API key (a presigned URL).
-                with self._client.stream(_presigned_get(url)) as response, part.open("wb") as f:
+                request = _presigned_get(url, timeout)
+                with self._client.stream(request) as response, part.open("wb") as f:
                     for chunk in response.iter_bytes():
                         f.write(chunk)
                 os.replace(part, target)
                 return target
-        _write_records(list(self.results(job_id)), target, fmt)
+        _write_records(list(self.results(job_id, timeout=timeout)), target, fmt)
         return target
 
 
@@ -516,15 +519,17 @@ class AsyncJobs(AsyncAPIResource):
         path: str | os.PathLike[str],
         *,
         format: DatasetFormat | None = None,
+        timeout: TimeoutTypes | NotGiven = NOT_GIVEN,
     ) -> Path:
         """Save the job's dataset as JSONL or Parquet (by ``format`` or the path's suffix).
+        ``timeout`` applies to each request it sends (the location, then the file).
 
         Copies the file the dataset location names (a local file:// path, or a presigned URL
         fetched without the API key); when the location has no such file (a job still running,
         a file:// URL from another machine), writes the records from the results stream."""
         fmt = format_for_path(path, format)
         target = Path(path)
-        location = await self.dataset(job_id)
+        location = await self.dataset(job_id, timeout=timeout)
         url = _dataset_url(location, fmt)
         part = _part_path(target)
         # File work runs in a worker thread, so a large dataset never blocks the event loop.
@@ -536,7 +541,7 @@ class AsyncJobs(AsyncAPIResource):
                 return target
             if local is None:
                 # Through the client's retry loop, without the API key (a presigned URL).
-                async with self._client.stream(_presigned_get(url)) as response:
+                async with self._client.stream(_presigned_get(url, timeout)) as response:
                     f = await asyncio.to_thread(part.open, "wb")
                     try:
                         async for chunk in response.aiter_bytes():
@@ -545,7 +550,7 @@ class AsyncJobs(AsyncAPIResource):
                         await asyncio.to_thread(f.close)
                 await asyncio.to_thread(os.replace, part, target)
                 return target
-        records = [r async for r in self.results(job_id)]
+        records = [r async for r in self.results(job_id, timeout=timeout)]
         await asyncio.to_thread(_write_records, records, target, fmt)
         return target
 

@@ -32,6 +32,9 @@ def test_chaos(make_stack: Any, own_s3: SeaweedS3) -> None:
     faults = plan.worker_kills + plan.redis_crashes + plan.s3_outages + plan.api_kills
     assert len(report.progress_at_fault_starts) == faults, summary
     assert all(p < 1.0 for p in report.progress_at_fault_starts), summary
+    # every worker kill hit a worker holding work (the harness waits for one, or fails)
+    assert len(report.held_at_worker_kills) == plan.worker_kills, summary
+    assert all(n > 0 for n in report.held_at_worker_kills), summary
     assert report.jobs_listed == report.jobs, summary  # no creation doubled by the API crash
     assert report.lost == 0 and report.duplicated == 0, summary
     assert report.twice_decoded == 0, summary

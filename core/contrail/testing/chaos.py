@@ -18,11 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
+import redis
 
 from contrail.core.jobs import keys
 from contrail.testing.faults import expected_pairs, redis_client, stats, stored
 from contrail.testing.servers import SeaweedS3, WorkerProc
-from contrail.testing.stack import Stack, items_jsonl
+from contrail.testing.stack import MODEL, Stack, items_jsonl
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ChaosReport:
     progress_at_faults: list[float | None] = field(default_factory=list)  # as each ended
     progress_at_fault_starts: list[float] = field(default_factory=list)  # as each began: < 1
     top_ups: int = 0  # jobs created so that a fault would hit work in progress
+    held_at_worker_kills: list[int] = field(default_factory=list)  # messages the victim held
     jobs: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     rationales_owed: int = 0
@@ -120,7 +122,7 @@ class Chaos:
                             raise httpx.TransportError(f"upload answered {r.status_code}")
                         file_id = str(r.json()["id"])
                     headers = {"Idempotency-Key": key} if key else {}
-                    payload = {"input_file_id": file_id, "model": "tiny",
+                    payload = {"input_file_id": file_id, "model": MODEL,
                                "decoding": self.plan.decoding}  # fmt: skip
                     r = c.post("/v1/jobs", json=payload, headers=headers)
                     if r.status_code in (200, 201):
@@ -181,11 +183,40 @@ class Chaos:
     def _live_workers(self) -> list[WorkerProc]:
         return [w for w in self.stack.workers if w.proc is not None and w.proc.poll() is None]
 
-    def kill_worker(self) -> None:
-        victim = self.rng.choice(self._live_workers())
-        victim.kill9()
+    def _held_by_pid(self) -> dict[int, int]:
+        """Messages each worker process holds (read from the queue, not yet acknowledged), from
+        the stream's consumer group: a worker's consumer name is `<host>-<pid>-<n>`."""
+        r = redis_client(self.stack)
+        try:
+            consumers = r.xinfo_consumers(keys.stream(MODEL), keys.GROUP)
+        except redis.RedisError:  # Redis recovering from the previous fault
+            return {}
+        finally:
+            r.close()
+        held: dict[int, int] = {}
+        for consumer in consumers:
+            _, pid, _ = str(consumer["name"]).rsplit("-", 2)
+            held[int(pid)] = held.get(int(pid), 0) + int(consumer["pending"])
+        return held
+
+    def kill_worker(self, wait_s: float = 90) -> None:
+        """kill -9 a worker that holds work (a worker still loading its model holds none, and
+        killing it would test nothing); fail loudly when none does within `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            live = {w.pid: w for w in self._live_workers()}
+            holding = {p: n for p, n in self._held_by_pid().items() if p in live and n > 0}
+            if holding:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no live worker held work for {wait_s:.0f}s: a kill now "
+                                     "would not hit work in progress")  # fmt: skip
+            time.sleep(0.2)
+        pid = self.rng.choice(sorted(holding))
+        live[pid].kill9()
+        self.report.held_at_worker_kills.append(holding[pid])
         self.stack.worker(wait=False)
-        self._note(f"worker {victim.pid} kill -9 (replaced)")
+        self._note(f"worker {pid} kill -9 holding {holding[pid]} message(s) (replaced)")
 
     def crash_redis(self) -> None:
         self.stack.valkey.restart(down_s=self.plan.redis_down_s, crash=True)
@@ -310,5 +341,5 @@ class Chaos:
         with self.stack.client() as c:
             rep.jobs_listed = len(c.get("/v1/jobs", params={"limit": 100}).json()["data"])
         r = redis_client(self.stack)
-        assert r.xlen(keys.stream("tiny")) == 0, "messages left in the stream"
+        assert r.xlen(keys.stream(MODEL)) == 0, "messages left in the stream"
         return rep

@@ -42,7 +42,7 @@ PREDATES_CODE_DIRTY = frozenset({"engine_smollm2-135m.json"})
 MEASURED_PAGES = ("docs/quality/STUDENT.md",)
 # Sections of other pages whose every figure is traced: (page, heading), annotations naming files
 # relative to the page's folder.
-MEASURED_SECTIONS = (("docs/VIEWER.md", "Measured"),)
+MEASURED_SECTIONS = (("docs/VIEWER.md", "Measured"), ("docs/OPERATIONS.md", "Chaos runs"))
 
 
 def _section(markdown: str, heading: str) -> str | None:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contrail.testing.stack import KEY_A, KEY_B, METRICS_TOKEN, Stack
+from contrail.testing.stack import KEY_A, KEY_B, METRICS_TOKEN, Stack, running_stack
 
 CELL = 200 << 20
 RSS_BOUND_MB = 50
@@ -74,8 +74,6 @@ def _post(stack: Stack, body: bytes, filename: str, key: str = KEY_A) -> httpx.R
 def upload_stack(
     tmp_path_factory: Any, s3_server: Any, service_model_cache: Path
 ) -> Iterator[Stack]:
-    from tests.service_fixtures import running_stack
-
     with running_stack(
         tmp_path_factory.mktemp("uploads"),
         s3_server,

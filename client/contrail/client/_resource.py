@@ -13,11 +13,17 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from contrail.client._base import NOT_GIVEN, AsyncAPI, NotGiven, RequestOptions, SyncAPI
-from contrail.client._base import TimeoutTypes as TimeoutTypes
+from contrail.client._base import (
+    NOT_GIVEN,
+    AsyncAPI,
+    NotGiven,
+    RequestOptions,
+    SyncAPI,
+    TimeoutTypes,
+)
 from contrail.client._response import record_response
 
-__all__ = ["AsyncAPIResource", "SyncAPIResource", "TimeoutTypes"]
+__all__ = ["AsyncAPIResource", "SyncAPIResource"]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 

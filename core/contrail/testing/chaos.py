@@ -184,20 +184,21 @@ class Chaos:
         return [w for w in self.stack.workers if w.proc is not None and w.proc.poll() is None]
 
     def _held_by_pid(self) -> dict[int, int]:
-        """Messages each worker process holds (read from the queue, not yet acknowledged), from
-        the stream's consumer group: a worker's consumer name is `<host>-<pid>-<n>`."""
+        """Messages each registered worker process holds (read from the queue, not yet
+        acknowledged): the stream's consumer group says how many each worker id holds, and the
+        worker's registration (its heartbeat) says which pid that id is."""
         r = redis_client(self.stack)
         try:
-            consumers = r.xinfo_consumers(keys.stream(MODEL), keys.GROUP)
+            held: dict[int, int] = {}
+            for consumer in r.xinfo_consumers(keys.stream(MODEL), keys.GROUP):
+                pid = r.hget(keys.worker(str(consumer["name"])), "pid")
+                if pid is not None:  # a dead worker's registration lapses
+                    held[int(pid)] = held.get(int(pid), 0) + int(consumer["pending"])
+            return held
         except redis.RedisError:  # Redis recovering from the previous fault
             return {}
         finally:
             r.close()
-        held: dict[int, int] = {}
-        for consumer in consumers:
-            _, pid, _ = str(consumer["name"]).rsplit("-", 2)
-            held[int(pid)] = held.get(int(pid), 0) + int(consumer["pending"])
-        return held
 
     def kill_worker(self, wait_s: float = 90) -> None:
         """kill -9 a worker that holds work (a worker still loading its model holds none, and

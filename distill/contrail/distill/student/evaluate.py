@@ -56,7 +56,15 @@ class Student(Protocol):
 
     def generate(self, prompts: Sequence[str]) -> list[str]: ...
 
-    def choose(self, prefixes: Sequence[str], options: Sequence[Sequence[str]]) -> list[int]: ...
+    def choose(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str],
+        options: Sequence[Sequence[str]],
+    ) -> list[int]:
+        """For each row, the option most likely after prompt + continuation (a seq2seq student
+        encodes the prompt and forces the continuation on its decoder)."""
+        ...
 
     def perturb(self, rationale: str, item_id: str, seed: int) -> str: ...
 
@@ -113,10 +121,15 @@ def parse_generation(text: str) -> tuple[str, str]:
     return " ".join(rationale.split()), answer.strip().rstrip(".").strip()
 
 
+def forced_continuation(rationale: str) -> str:
+    """The target up to the answer. An empty rationale (the `answer` student's) gives exactly
+    what that student was trained on, not one with a doubled space."""
+    return " ".join(part for part in ("[factual]", rationale, ANSWER_PREFIX) if part)
+
+
 def forced_prefix(prompt: str, rationale: str) -> str:
-    """The target's prefix up to the answer. An empty rationale (the `answer` student's) gives
-    exactly the prefix that student was trained on, not one with a doubled space."""
-    return prompt + " ".join(part for part in ("[factual]", rationale, ANSWER_PREFIX) if part)
+    """The whole row up to the answer, as a causal student reads it."""
+    return prompt + forced_continuation(rationale)
 
 
 def _bootstrap(values: np.ndarray, reps: int, seed: int) -> Estimate:
@@ -205,7 +218,8 @@ def _forced(
     fraction: float,
 ) -> None:
     """Fill own, oracle, perturbed and following for the items with options."""
-    jobs: list[tuple[int, str, str, tuple[str, ...], str]] = []  # (i, field, prefix, opts, want)
+    # (i, field, prompt, forced continuation, options, wanted answer)
+    jobs: list[tuple[int, str, str, str, tuple[str, ...], str]] = []
     for i, (it, prompt, res) in enumerate(zip(items, prompts, results, strict=True)):
         opts = record_options(it.factual)
         if opts is None:
@@ -215,15 +229,21 @@ def _forced(
             student.perturb(res.rationale, it.factual.item_id, seed) if fraction else res.rationale
         )
         jobs += [
-            (i, "own", forced_prefix(prompt, res.rationale), opts, gold),
-            (i, "oracle", forced_prefix(prompt, it.factual.rationale), opts, gold),
-            (i, "perturbed", forced_prefix(prompt, noisy), opts, gold),
+            (i, "own", prompt, forced_continuation(res.rationale), opts, gold),
+            (i, "oracle", prompt, forced_continuation(it.factual.rationale), opts, gold),
+            (i, "perturbed", prompt, forced_continuation(noisy), opts, gold),
         ]
         cf = it.counterfactual
         if cf is not None and cf.answer.casefold() in {o.casefold() for o in opts}:
-            jobs.append((i, "following", forced_prefix(prompt, cf.rationale), opts, cf.answer))
-    picks = student.choose([j[2] for j in jobs], [j[3] for j in jobs]) if jobs else []
-    for (i, field, _, opts, want), pick in zip(jobs, picks, strict=True):
+            jobs.append(
+                (i, "following", prompt, forced_continuation(cf.rationale), opts, cf.answer)
+            )
+    picks = (
+        student.choose([j[2] for j in jobs], [j[3] for j in jobs], [j[4] for j in jobs])
+        if jobs
+        else []
+    )
+    for (i, field, _, _, opts, want), pick in zip(jobs, picks, strict=True):
         setattr(results[i], field, opts[pick].casefold() == want.casefold())
 
 
@@ -287,6 +307,7 @@ __all__ = [
     "compare",
     "eval_items",
     "evaluate",
+    "forced_continuation",
     "forced_prefix",
     "parse_generation",
 ]

@@ -1,6 +1,10 @@
-"""A student model folder (what `contrail train` writes under `model/`, or any causal LM) behind
-the `evaluate.Student` protocol: greedy generation, option scoring and rationale perturbation
-with its own tokenizer."""
+"""A student model folder (what `contrail train` writes under `model/`, or any causal or seq2seq
+LM) behind the `evaluate.Student` protocol: greedy generation, option scoring and rationale
+perturbation with its own tokenizer.
+
+A causal student reads prompt and forced continuation as one text; a seq2seq student's encoder
+reads the prompt (with its tokenizer's special tokens, as in training) and its decoder starts from
+its start token and is forced through the continuation (examples.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from contrail.distill.student.loading import decoder_start, load_model
 from contrail.distill.student.perturb import DEFAULT_FRACTION, perturb_tokens
 
 
@@ -21,11 +26,12 @@ class HFStudent:
         batch_size: int = 8,
         fraction: float = DEFAULT_FRACTION,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.tokenizer: Any = AutoTokenizer.from_pretrained(folder)
-        model: Any = AutoModelForCausalLM.from_pretrained(folder)
+        model: Any = load_model(folder)
         self.model: Any = model.to(device).eval()
+        self.start = decoder_start(model)  # None: a causal student
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -44,7 +50,10 @@ class HFStudent:
 
         out = []
         for prompt in prompts:
-            ids = torch.tensor([self._ids(prompt)], device=self.device)
+            causal = self.start is None
+            ids = torch.tensor(
+                [self._ids(prompt) if causal else self.tokenizer.encode(prompt)], device=self.device
+            )
             with torch.no_grad():
                 seq = self.model.generate(
                     ids,
@@ -53,19 +62,27 @@ class HFStudent:
                     do_sample=False,
                     eos_token_id=self.eos,
                     pad_token_id=self.pad,
+                    **({} if causal else {"decoder_start_token_id": self.start}),
                 )
-            out.append(self.tokenizer.decode(seq[0, ids.shape[1] :], skip_special_tokens=True))
+            new = seq[0, ids.shape[1] :] if causal else seq[0]  # a decoder's output is all new
+            out.append(self.tokenizer.decode(new, skip_special_tokens=True))
         return out
 
-    def choose(self, prefixes: Sequence[str], options: Sequence[Sequence[str]]) -> list[int]:
+    def choose(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str],
+        options: Sequence[Sequence[str]],
+    ) -> list[int]:
         """The option with the highest log-probability (its tokens and end-of-text) after each
-        prefix."""
-        rows = [
-            (k, self._ids(prefix), [*self._ids(f" {opt}"), self.eos])
-            for k, (prefix, opts) in enumerate(zip(prefixes, options, strict=True))
+        prompt and forced continuation."""
+        rows = zip(prompts, continuations, options, strict=True)
+        scored = [
+            (prompt, cont, [*self._ids(f" {opt}"), self.eos])
+            for prompt, cont, opts in rows
             for opt in opts
         ]
-        scores = self._score(rows)
+        scores = self._score(scored) if self.start is None else self._score_seq2seq(scored)
         picks = []
         start = 0
         for opts in options:
@@ -74,26 +91,55 @@ class HFStudent:
             start += len(opts)
         return picks
 
-    def _score(self, rows: Sequence[tuple[int, list[int], list[int]]]) -> list[float]:
+    def _padded(self, seqs: Sequence[list[int]]) -> tuple[Any, Any]:
         import torch
 
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, seq in enumerate(seqs):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _logp(self, **inputs: Any) -> Any:
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(**inputs).logits
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+    def _score(self, rows: Sequence[tuple[str, str, list[int]]]) -> list[float]:
+        """A causal student: prompt + continuation tokenized as one text, then the option."""
+        out: list[float] = []
+        for lo in range(0, len(rows), self.batch_size):
+            batch = [(self._ids(p + cont), opt) for p, cont, opt in rows[lo : lo + self.batch_size]]
+            ids, mask = self._padded([p + c for p, c in batch])
+            logp = self._logp(input_ids=ids, attention_mask=mask)
+            for i, (p, c) in enumerate(batch):
+                positions = range(len(p) - 1, len(p) + len(c) - 1)
+                out.append(sum(float(logp[i, t, tok]) for t, tok in zip(positions, c, strict=True)))
+        return out
+
+    def _score_seq2seq(self, rows: Sequence[tuple[str, str, list[int]]]) -> list[float]:
+        """A seq2seq student: the prompt encoded; the decoder from its start token through the
+        continuation, then the option (decoder position t predicts target token t)."""
+        assert self.start is not None
         out: list[float] = []
         for lo in range(0, len(rows), self.batch_size):
             batch = rows[lo : lo + self.batch_size]
-            width = max(len(p) + len(c) for _, p, c in batch)
-            ids = torch.full((len(batch), width), self.pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, (_, p, c) in enumerate(batch):
-                ids[i, : len(p) + len(c)] = torch.tensor(p + c)
-                mask[i, : len(p) + len(c)] = 1
-            with torch.no_grad():
-                logits = self.model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-                ).logits
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for i, (_, p, c) in enumerate(batch):
-                positions = range(len(p) - 1, len(p) + len(c) - 1)
-                out.append(sum(float(logp[i, t, tok]) for t, tok in zip(positions, c, strict=True)))
+            enc, enc_mask = self._padded([self.tokenizer.encode(p) for p, _, _ in batch])
+            given = [self._ids(cont) for _, cont, _ in batch]
+            targets = [g + opt for g, (_, _, opt) in zip(given, batch, strict=True)]
+            dec, dec_mask = self._padded([[self.start, *t[:-1]] for t in targets])
+            logp = self._logp(
+                input_ids=enc,
+                attention_mask=enc_mask,
+                decoder_input_ids=dec,
+                decoder_attention_mask=dec_mask,
+            )
+            for i, (g, t) in enumerate(zip(given, targets, strict=True)):
+                out.append(sum(float(logp[i, pos, t[pos]]) for pos in range(len(g), len(t))))
         return out
 
     def perturb(self, rationale: str, item_id: str, seed: int) -> str:

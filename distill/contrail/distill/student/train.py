@@ -38,6 +38,7 @@ from contrail.distill.student.examples import (
     build_examples,
     split_records,
 )
+from contrail.distill.student.loading import decoder_start, load_model
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -112,35 +113,53 @@ class _Rows:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
-        return {"input_ids": ex.input_ids, "labels": ex.labels, "kind": ex.kind}
+        row = {"input_ids": ex.input_ids, "labels": ex.labels, "kind": ex.kind}
+        if ex.decoder_input_ids is not None:
+            row["decoder_input_ids"] = ex.decoder_input_ids
+        return row
+
+
+def _padded(seqs: Sequence[Sequence[int]], fill: int) -> tuple[Any, Any]:
+    """(ids, mask): right-padded to the longest."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), fill, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
 
 
 def collate(pad_id: int) -> Any:
+    """Batches of rows. A seq2seq row's labels align with its decoder inputs, which are given
+    explicitly: the model's own shift of the labels would put pad where a counterfactual row's
+    masked rationale must be read."""
     import torch
 
     def fn(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            mask[i, :n] = 1
+        ids, mask = _padded([r["input_ids"] for r in rows], pad_id)
+        labels, _ = _padded([r["labels"] for r in rows], IGNORE)
         kind = torch.tensor([r["kind"] == "counterfactual" for r in rows], dtype=torch.bool)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "kind": kind}
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "kind": kind}
+        if "decoder_input_ids" in rows[0]:
+            dec, dec_mask = _padded([r["decoder_input_ids"] for r in rows], pad_id)
+            batch |= {"decoder_input_ids": dec, "decoder_attention_mask": dec_mask}
+        return batch
 
     return fn
 
 
-def weighted_loss(logits: Any, labels: Any, kind: Any, alpha: float) -> Any:
+def weighted_loss(logits: Any, labels: Any, kind: Any, alpha: float, *, shift: bool = True) -> Any:
     """(1 - a) * token-mean CE of factual rows + a * that of counterfactual rows; a kind absent
-    from the batch leaves the other's mean alone (so `factual` and `answer` get plain CE)."""
+    from the batch leaves the other's mean alone (so `factual` and `answer` get plain CE).
+    `shift`: a causal model's logits at t predict token t + 1; a seq2seq decoder's predict the
+    label at t (its inputs are already shifted)."""
     import torch
 
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
+    shift_logits = (logits[:, :-1, :] if shift else logits).float()
+    shift_labels = labels[:, 1:] if shift else labels
     token_loss = torch.nn.functional.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)),
         shift_labels.reshape(-1),
@@ -173,27 +192,30 @@ def _trainer_class() -> Any:
             kind = inputs.pop("kind")
             labels = inputs.pop("labels")
             outputs = model(**inputs)
-            loss = weighted_loss(outputs.logits, labels, kind, self.alpha)
+            shift = "decoder_input_ids" not in inputs
+            loss = weighted_loss(outputs.logits, labels, kind, self.alpha, shift=shift)
             return (loss, outputs) if return_outputs else loss
 
     return ScottTrainer
 
 
-def _load_student(config: TrainConfig) -> tuple[Any, Any, str]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_student(config: TrainConfig) -> tuple[Any, Any, str, int | None]:
+    """(model, tokenizer, name, its decoder's start token: None for a causal student)."""
+    from transformers import AutoTokenizer
 
     from contrail.worker.models import resolve_model
 
     spec = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(spec.path)
-    model: Any = AutoModelForCausalLM.from_pretrained(spec.path, dtype=getattr(torch, config.dtype))
+    model: Any = load_model(spec.path, dtype=config.dtype)
+    start = decoder_start(model)
     if config.lora_r is not None:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, task_type="CAUSAL_LM")
+        task = "CAUSAL_LM" if start is None else "SEQ_2_SEQ_LM"
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, task_type=task)
         model = get_peft_model(model, lora)
-    return model, tokenizer, spec.name
+    return model, tokenizer, spec.name, start
 
 
 def loss_chart(history: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -226,9 +248,11 @@ def train(
     set_seed(config.seed)
     records = [r for r in load_records(dataset) if r.error is None]
     parts = split_records(records, dev_fraction=config.dev_fraction, seed=config.seed)
-    model, tokenizer, student = _load_student(config)
+    model, tokenizer, student, start = _load_student(config)
     built = {
-        s: build_examples(parts[s], tokenizer, config.objective, max_tokens=config.max_tokens)
+        s: build_examples(
+            parts[s], tokenizer, config.objective, max_tokens=config.max_tokens, decoder_start=start
+        )
         for s in ("train", "dev")
     }
     if not built["train"].examples or not built["dev"].examples:
@@ -282,7 +306,10 @@ def train(
     history = trainer.state.log_history
     loss_chart(history, out_dir / "loss.png")
     epochs_run = float(trainer.state.epoch or 0.0)
-    tokens = int(sum(len(e.input_ids) for e in built["train"].examples) * epochs_run)
+    per_epoch = sum(
+        len(e.input_ids) + len(e.decoder_input_ids or ()) for e in built["train"].examples
+    )
+    tokens = int(per_epoch * epochs_run)
     losses = [h["loss"] for h in history if "loss" in h]
     report = TrainReport(
         config=config,
@@ -327,9 +354,11 @@ def mean_loss(model: Any, examples: Sequence[Example], pad_id: int, alpha: float
     import torch
 
     batch = collate(pad_id)([_Rows(examples)[i] for i in range(len(examples))])
+    labels, kind = batch.pop("labels"), batch.pop("kind")
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return float(weighted_loss(logits, batch["labels"], batch["kind"], alpha))
+        logits = model(**batch).logits
+    shift = "decoder_input_ids" not in batch
+    return float(weighted_loss(logits, labels, kind, alpha, shift=shift))
 
 
 __all__ = [

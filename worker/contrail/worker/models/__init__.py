@@ -15,8 +15,9 @@ Prepared folders live in a cache dir (``$CONTRAIL_CACHE_DIR/models``, default
 file and renamed into place, so a reader never sees a half-written model and concurrent builders
 do not clash. Only a Hub id that is not cached yet is downloaded.
 
-Modules: `cache` (the prepared-model cache), `tiny`, `smollm2`, `hub` and `resolve` (names to
-folders, and the ``contrail models prepare`` entry point). The names below are the package's
+Modules: `cache` (the prepared-model cache), `tiny`, `tiny_seq2seq` (a random T5 for the seq2seq
+student tests), `smollm2`, `hub` and `resolve` (names to folders, and the ``contrail models
+prepare`` entry point). The names below are the package's
 public surface.
 """
 

@@ -99,6 +99,7 @@ def test_the_collated_decoder_inputs_keep_the_masked_rationale(tokenizer: Any, s
         n = len(ex.decoder_input_ids or ())
         assert batch["decoder_input_ids"][i, :n].tolist() == ex.decoder_input_ids
         assert batch["labels"][i, :n].tolist() == ex.labels
+        assert set(batch["labels"][i, n:].tolist()) <= {IGNORE}  # padding is never learned
         assert batch["decoder_attention_mask"][i].sum() == n
     assert batch["kind"].any() and not batch["kind"].all()
 
@@ -168,3 +169,22 @@ def test_seq2seq_option_scores_equal_the_models_own_label_path(tiny_seq2seq_path
         assert score == pytest.approx(want, abs=1e-4)
     pick = student.choose([prompt], [cont], [opts])
     assert pick == [max(range(3), key=got.__getitem__)]
+
+
+def test_lora_on_a_seq2seq_student_saves_a_merged_seq2seq_model(
+    tiny_seq2seq_path: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    dataset = tmp_path / "data.jsonl"
+    dataset.write_text("".join(r.model_dump_json() + "\n" for r in _records(12)))
+    config = TrainConfig(
+        model=str(tiny_seq2seq_path), objective="scott", learning_rate=1e-2, batch_size=8,
+        epochs=1, dev_fraction=0.25, max_tokens=256, lora_r=4,
+    )  # fmt: skip
+    train(dataset, tmp_path / "run", config)
+    merged = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "run" / "model").state_dict()
+    base = AutoModelForSeq2SeqLM.from_pretrained(tiny_seq2seq_path).state_dict()
+    assert set(merged) == set(base)  # no adapter weights left: a plain T5
+    changed = {n for n in merged if not torch.equal(merged[n], base[n])}
+    assert changed and all(n.endswith((".q.weight", ".v.weight")) for n in changed), changed

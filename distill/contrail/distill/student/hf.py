@@ -32,6 +32,12 @@ class HFStudent:
         model: Any = load_model(folder)
         self.model: Any = model.to(device).eval()
         self.start = decoder_start(model)  # None: a causal student
+        # The decoder starts as in training: from its start token, with no forced BOS (BART's
+        # generation config forces one; the training targets have none).
+        self._seq2seq_generation = {
+            "decoder_start_token_id": self.start,
+            "forced_bos_token_id": None,
+        }
         self.device = device
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -62,7 +68,7 @@ class HFStudent:
                     do_sample=False,
                     eos_token_id=self.eos,
                     pad_token_id=self.pad,
-                    **({} if causal else {"decoder_start_token_id": self.start}),
+                    **({} if causal else self._seq2seq_generation),
                 )
             new = seq[0, ids.shape[1] :] if causal else seq[0]  # a decoder's output is all new
             out.append(self.tokenizer.decode(new, skip_special_tokens=True))

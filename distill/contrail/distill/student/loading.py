@@ -17,12 +17,14 @@ def is_seq2seq(folder: str | Path) -> bool:
     return bool(AutoConfig.from_pretrained(folder).is_encoder_decoder)
 
 
-def load_model(folder: str | Path, *, dtype: str = "float32") -> Any:
-    """The model in `folder` with its language-model head, in `dtype`."""
+def load_model(folder: str | Path, *, dtype: str | None = None) -> Any:
+    """The model in `folder` with its language-model head, in `dtype` (None: as saved)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     auto = AutoModelForSeq2SeqLM if is_seq2seq(folder) else AutoModelForCausalLM
+    if dtype is None:
+        return auto.from_pretrained(folder)
     return auto.from_pretrained(folder, dtype=getattr(torch, dtype))
 
 

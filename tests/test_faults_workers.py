@@ -16,6 +16,7 @@ from contrail.testing.faults import (
     assert_exactly_once,
     create_job,
     item_ids,
+    job,
     redis_client,
     shards_of,
     stats,
@@ -57,6 +58,45 @@ def test_worker_kill9_mid_shard(stack: Stack) -> None:
     assert counters.get("shards_duplicate", 0) == 0  # and no finished decode was repeated
     assert "reclaimed" in w2.log()
     assert redis_client(stack).xlen(keys.stream("tiny")) == 0  # acknowledged = deleted
+
+
+def test_a_dead_workers_shards_are_reclaimed_one_wave_each(make_stack: Any) -> None:
+    """A worker killed holding four shards: its successor reclaims them one at a time, each a
+    wave of its own, so it never holds two redelivered shards (each of which a death of its own
+    would charge a delivery) and every shard is delivered exactly twice."""
+    stack: Stack = make_stack(CONTRAIL_CLAIM_IDLE_MS="1500", CONTRAIL_HEARTBEAT_INTERVAL_S="0.2")
+    n = 32  # four shards of eight items
+    w1 = stack.worker(CONTRAIL_BATCH_SHARDS="4")
+    job_id = create_job(stack, n, SLOW)
+    held = _held_by(stack, w1.pid)
+    assert len(held) == 4, held  # the whole job in one wave, read at once
+    counts = job(stack, job_id)["request_counts"]
+    assert counts["completed"] < counts["total"], counts  # the kill hits work in progress
+    w1.kill9()
+    w2 = stack.worker(CONTRAIL_BATCH_SHARDS="4", wait=False)
+
+    r = redis_client(stack)
+    most_redelivered_in_hand = 0
+    deliveries: dict[str, int] = {}
+    deadline = time.monotonic() + 300
+    while job(stack, job_id)["status"] not in ("completed", "failed"):
+        assert time.monotonic() < deadline, w2.log()[-3000:]
+        pending = r.xpending_range(keys.stream("tiny"), keys.GROUP, "-", "+", 100)
+        mine = [p for p in pending if f"-{w2.pid}-" in p["consumer"]]
+        most_redelivered_in_hand = max(
+            most_redelivered_in_hand, sum(p["times_delivered"] > 1 for p in mine)
+        )
+        deliveries |= {str(p["message_id"]): p["times_delivered"] for p in mine}
+        time.sleep(0.05)
+
+    final = job(stack, job_id)
+    assert final["status"] == "completed", final
+    assert_exactly_once(stack, job_id, item_ids(n), SLOW, final)
+    assert most_redelivered_in_hand == 1
+    assert sorted(deliveries.values()) == [2, 2, 2, 2], deliveries
+    assert w2.log().count("reclaimed idle message") == 4
+    counters = stats(stack)
+    assert counters.get("shards_dead", 0) == 0 and counters.get("items_set_aside", 0) == 0
 
 
 def test_sigterm_keeps_heartbeat_through_the_drain(make_stack: Any) -> None:

@@ -6,9 +6,10 @@ cleanly. One loop, two roles:
 - a finalizer (`contrail serve finalizer`, no engine, no GPU) reads the finalize stream and
   merges each job's dataset, so a GPU never waits on a merge.
 
-- Reading: reclaim messages other (dead) workers left idle, then read new ones, up to
-  `batch_shards` per wave. After a Redis outage nothing is reclaimed until Redis has been up for
-  `claim_idle_ms`, so live workers' heartbeats refresh what they hold first.
+- Reading: a message another (dead) worker left idle is reclaimed as a wave of its own;
+  otherwise up to `batch_shards` new ones are read per wave. After a Redis outage nothing is
+  reclaimed until Redis has been up for `claim_idle_ms`, so live workers' heartbeats refresh
+  what they hold first.
 - Heartbeat (a thread, running until the process exits): announces the worker and its model with
   a TTL, and keeps the messages in hand from going idle. It survives any error, so a Redis
   hiccup never de-registers a working worker.
@@ -294,15 +295,21 @@ class Worker:
 
     # ------------------------------------------------------------------ reading
     def fetch(self) -> list[QueueMessage]:
-        n = self.settings.batch_shards
+        """The next wave: one reclaimed message alone, or up to `batch_shards` new ones.
+
+        A reclaimed message is a wave of its own. Every message in a worker's hands spends a
+        delivery when that worker dies, whether it was being worked on or only waiting; a worker
+        holding several redelivered shards (each decoded alone, item by item, so they wait long)
+        would charge them all for each death, and three deaths in a row could dead-letter shards
+        nobody had started. One at a time, a death costs one redelivered shard one delivery."""
         msgs: list[QueueMessage] = []
         if self.guard.up_for() * 1000 >= self.settings.claim_idle_ms:
-            msgs = self.guard.call(self.queue.reclaim, self.id, self.settings.claim_idle_ms, n)
+            msgs = self.guard.call(self.queue.reclaim, self.id, self.settings.claim_idle_ms, 1)
             if msgs:
-                log.info("reclaimed %d idle message(s)", len(msgs))
-        if len(msgs) < n and not self.stopping.is_set():
-            block = None if msgs else self.settings.block_ms
-            msgs += self.guard.call(self.queue.read, self.id, n - len(msgs), block)
+                log.info("reclaimed idle message %s (delivery %d)", msgs[0].id, msgs[0].deliveries)
+        if not msgs and not self.stopping.is_set():
+            n = self.settings.batch_shards
+            msgs = self.guard.call(self.queue.read, self.id, n, self.settings.block_ms)
         with self._lock:
             self.in_hand.update((m.id, m) for m in msgs)
         return msgs

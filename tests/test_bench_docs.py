@@ -64,6 +64,7 @@ MEASURED_PAGES = (
 MEASURED_SECTIONS = (
     ("docs/VIEWER.md", "Measured"),
     ("docs/OPERATIONS.md", "Chaos runs"),
+    ("docs/OPERATIONS.md", "Sizing a fleet"),
     ("docs/QUALITY.md", "LAS"),
 )
 

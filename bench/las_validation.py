@@ -7,11 +7,10 @@ human rationale (a seeded derangement: every item gets a different item's ration
 that reads rationales must give the human records a higher LAS than the shuffled ones (paired
 bootstrap over items) and a higher accuracy from question + rationale than from the question.
 
-    nice -n 10 .venv/bin/python bench/las_validation.py                      # trained simulator
-    nice -n 10 .venv/bin/python bench/las_validation.py --zero-shot          # + zero-shot beside
-    nice -n 10 .venv/bin/python bench/las_validation.py --train-split --out runs/x.json
-        # the simulator trained once on the task's training split (human rationales) instead of
-        # cross-fitted on the dev records
+    nice -n 10 .venv/bin/python bench/las_validation.py         # committed heads + cross-fit
+    nice -n 10 .venv/bin/python bench/las_validation.py --simulators head,cross-fit,zero-shot \
+        --out docs/quality/validation-heads.json                 # every row of VALIDATION.md's
+        # table but the train-split one (made by an earlier version of this script)
 
 Writes a JSON file (every number, the settings and the timings) and prints a markdown table.
 """

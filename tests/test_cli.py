@@ -436,6 +436,10 @@ def test_train_and_eval_student_on_a_job(
     report = json.loads((out / "report.json").read_text())
     assert report["examples"]["train"]["counterfactual"] > 0  # scott, the default objective
     assert report["teachers"] == ["tiny"] and report["items"]["dev"] > 0
+    # Provenance: the job as fetched, and the decoding settings its records carry.
+    assert report["source"] == "job" and report["job"]["id"] == job["id"]
+    assert report["job"]["decoding"]["max_new_tokens"] == 12
+    assert {d["decoding"]["max_new_tokens"] for d in report["decoding_settings"]} == {12}
     scores = tmp_path / "eval.json"
     ok(
         run(

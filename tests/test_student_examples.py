@@ -101,3 +101,27 @@ def test_the_perturbation_is_reproducible_by_seed() -> None:
     kept = perturb_tokens(tokens, vocab_size=3, item_id="x", seed=3, keep=frozenset({0, 1}))
     assert {t for t, o in zip(kept, tokens, strict=True) if t != o} == {2}
     assert perturb_tokens(tokens, vocab_size=500, item_id="x", seed=3, fraction=0.0) == tokens
+
+
+@pytest.mark.parametrize("objective", ["scott", "factual", "answer"])
+def test_an_export_row_teaches_what_its_record_teaches(tokenizer: object, objective: str) -> None:
+    # `contrail train` on the student export must learn exactly what it learns from the dataset
+    # the export was made from: the same tokens, the same mask, the same split.
+    from contrail.distill.export import to_student_rows
+
+    records = _records(8)
+    rows = to_student_rows(records)
+    assert len(rows) == len(records) and any(r.tag == "counterfactual" for r in rows)
+    for record, row in zip(records, rows, strict=True):
+        assert encode(tokenizer, row, objective) == encode(tokenizer, record, objective)  # type: ignore[arg-type]
+        start = tokenizer.eos_token_id  # type: ignore[attr-defined]  # any decoder start
+        assert encode(tokenizer, row, objective, decoder_start=start) == encode(  # type: ignore[arg-type]
+            tokenizer,
+            record,
+            objective,
+            decoder_start=start,  # type: ignore[arg-type]
+        )
+    by_rows = split_records(rows, dev_fraction=0.3, seed=1)
+    by_records = split_records(records, dev_fraction=0.3, seed=1)
+    for split in ("train", "dev"):
+        assert [r.item_id for r in by_rows[split]] == [r.item_id for r in by_records[split]]

@@ -109,6 +109,7 @@ def test_contrail_train_runs_from_the_command_line(
     (ev,) = payload["evaluations"]
     assert ev["student"] == "tiny" and ev["items"] == report["items"]["dev"]
     assert set(ev["metrics"]) == {"accuracy", "own", "oracle", "perturbed", "drop", "following"}
+    assert ev["las"] is None and ev["simulator_validation"] is None  # --no-las
     # A bad setting is a usage error naming it, not a traceback.
     bad = subprocess.run(
         [*cmd[:5], "--out-dir", str(tmp_path / "bad"), "--alpha", "2"],
@@ -138,3 +139,30 @@ def test_lora_training_saves_a_merged_model(
     assert names == set(base.state_dict())  # no adapter weights left: a plain model
     changed = [n for n in names if not torch.equal(merged.state_dict()[n], base.state_dict()[n])]
     assert changed and all("proj" in n for n in changed)  # LoRA touched the attention only
+
+
+def test_training_on_the_student_export_learns_what_the_dataset_teaches(
+    dataset: Path, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    from contrail.distill.export import export_student, load_records
+
+    # The export's own split (another fraction and seed) is not the run's: the run splits by
+    # item again, so eval-student with the run's settings finds the items it held out.
+    export_student(load_records(dataset), tmp_path / "export", dev_fraction=0.5, seed=3)
+    config = TrainConfig(
+        model=str(tiny_model_path), objective="scott", batch_size=8, epochs=1,
+        dev_fraction=0.25, max_tokens=256,
+    )  # fmt: skip
+    from_export = train(tmp_path / "export", tmp_path / "a", config)
+    from_dataset = train(dataset, tmp_path / "b", config)
+    assert (from_export.source, from_dataset.source) == ("export", "dataset")
+    assert from_export.items == from_dataset.items
+    assert from_export.examples == from_dataset.examples
+    assert from_export.records == from_dataset.records
+    # What made the rows travels with the export: every teacher and decoding setting, in full.
+    assert from_export.decoding_settings == from_dataset.decoding_settings
+    (used,) = from_dataset.decoding_settings
+    assert used.records == from_dataset.records and used.decoding.max_new_tokens > 0
+    assert from_export.teachers == from_dataset.teachers == [used.model]
+    with pytest.raises(ValueError, match="not a student export"):
+        train(tmp_path / "b", tmp_path / "c", config)  # a run folder, not an export

@@ -56,23 +56,32 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Fine-tune a student on a dataset file or a finished job (downloaded first)."""
+    """Fine-tune a student on a dataset file, a student export folder or a finished job
+    (downloaded first, and fetched for the report's provenance)."""
     from pydantic import ValidationError
 
     student = lazy("contrail.distill.student.train", "train")
     fields = (
-        "model", "objective", "alpha", "learning_rate", "batch_size", "epochs", "patience",
-        "dev_fraction", "max_tokens", "seed", "device", "dtype", "lora_r",
+        "model", "objective", "alpha", "learning_rate", "batch_size", "epochs", "warmup_ratio",
+        "max_grad_norm", "patience", "dev_fraction", "max_tokens", "seed", "device", "dtype",
+        "lora_r", "lora_alpha",
     )  # fmt: skip
     try:
         config = student.TrainConfig(**{f: getattr(args, f) for f in fields})
     except ValidationError as exc:
         raise UsageError(str(exc)) from None
     with contextlib.ExitStack() as stack:
-        source = _dataset_or_job(args, stack, "contrail-train-")
+        job = None
+        if Path(args.dataset).is_dir():  # a student export folder
+            source = Path(args.dataset)
+        else:
+            source = _dataset_or_job(args, stack, "contrail-train-")
+            if source != Path(args.dataset):
+                with make_client(args) as client:
+                    job = client.jobs.retrieve(args.dataset)
         try:
-            report = student.train(source, Path(args.out_dir), config, resume=args.resume)
-        except ValueError as exc:  # too few records for the objective
+            report = student.train(source, Path(args.out_dir), config, resume=args.resume, job=job)
+        except ValueError as exc:  # too few records for the objective, not an export
             raise UsageError(str(exc)) from None
     print(report.model_dump_json(indent=2))
     return 0
@@ -110,7 +119,11 @@ def _dataset_or_job(args: argparse.Namespace, stack: contextlib.ExitStack, prefi
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("dataset", help="dataset .jsonl/.parquet file or a finished job's id")
+    p.add_argument(
+        "dataset",
+        help="dataset .jsonl/.parquet file, a student export folder (contrail export) or a "
+        "finished job's id",
+    )
     p.add_argument("--out-dir", type=Path, required=True, help="the run folder")
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help="student (causal or seq2seq): name, folder or Hub id"
@@ -120,6 +133,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=3e-5)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--epochs", type=float, default=10)
+    p.add_argument("--warmup-ratio", type=float, default=0.06, help="of all steps")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping")
     p.add_argument("--patience", type=int, default=2, help="early stopping, in epochs")
     p.add_argument("--dev-fraction", type=float, default=0.1, help="items held out for dev loss")
     p.add_argument("--max-tokens", type=int, default=512, help="longer rows are left out")
@@ -127,6 +142,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default: full tuning)")
+    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA scaling (with --lora-r)")
     p.add_argument("--resume", action="store_true", help="from the run folder's last checkpoint")
 
 

@@ -32,10 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-from contrail.client.types import RationaleRecord
+from contrail.client.types import RationaleRecord, RecordDecoding
 from contrail.core.tasks.perturb import unit_hash
 
 Split = Literal["train", "dev"]
+EXPORT_FORMAT: Final = "scott-student-v1"  # manifest.json's "format"
 _SPLIT_SALT: Final = "student-split"
 
 STUDENT_SCHEMA = pa.schema(
@@ -111,6 +112,30 @@ def to_student_rows(
     ]
 
 
+class DecodingUsed(BaseModel):
+    """A teacher and decoding setting of a dataset, with the number of records it made: the
+    provenance an export and a training report carry of the data they hold."""
+
+    model: str
+    decoding: RecordDecoding
+    records: int
+
+
+def decodings_used(records: Sequence[RationaleRecord]) -> list[DecodingUsed]:
+    """Every (teacher, decoding) of `records` (those without an error), most records first.
+    The contrast answer is left out: it is the item's, not a setting (`perturbation` says how it
+    was chosen)."""
+    counts = Counter(
+        (r.model, r.decoding.model_copy(update={"contrast_answer": None}).model_dump_json())
+        for r in records
+        if r.error is None
+    )
+    return [
+        DecodingUsed(model=m, decoding=RecordDecoding.model_validate_json(d), records=n)
+        for (m, d), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+
+
 class ExportSummary(BaseModel):
     """What `export_student` wrote."""
 
@@ -173,11 +198,13 @@ def export_student(
         files=files,
     )
     manifest = {
-        "format": "scott-student-v1",
+        "format": EXPORT_FORMAT,
         "formats": wanted,
         "dev_fraction": dev_fraction,
         "seed": seed,
         **summary.model_dump(),
+        # what made the rows (contrail train reports it when it learns from this folder)
+        "decodings": [d.model_dump(mode="json", by_alias=True) for d in decodings_used(records)],
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return summary
@@ -193,9 +220,12 @@ def load_records(path: Path) -> list[RationaleRecord]:
 
 
 __all__ = [
+    "EXPORT_FORMAT",
     "STUDENT_SCHEMA",
+    "DecodingUsed",
     "ExportSummary",
     "StudentRow",
+    "decodings_used",
     "export_student",
     "load_records",
     "split_of",

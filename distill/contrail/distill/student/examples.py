@@ -19,6 +19,9 @@ counterfactual row's "[counterfactual] <rationale> So the answer is") is in its 
 in its labels, as the reference release's T5 answer-only loss: teacher forcing through the
 rationale.
 
+A row is a dataset record or a row of the student export (`export.StudentRow`, the same
+input and target text): `contrail train` learns the same examples from either.
+
 The split into train and dev is by item (`export.split_of`): an item's factual and
 counterfactual rows always land together.
 """
@@ -27,11 +30,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, TypeVar
 
 from contrail.client.types import RationaleRecord, Tag
-from contrail.distill.adapters import ANSWER_PREFIX, prompt_completion
-from contrail.distill.export import Split, split_of, student_input
+from contrail.distill.adapters import ANSWER_PREFIX
+from contrail.distill.export import Split, StudentRow, split_of, student_input, student_target
 
 Objective = Literal["scott", "factual", "answer"]
 OBJECTIVES: Final[tuple[Objective, ...]] = ("scott", "factual", "answer")
@@ -74,37 +77,66 @@ class Examples:
     not_for_objective: int
 
 
-def texts(record: RationaleRecord, objective: Objective) -> tuple[str, str] | None:
-    """(prompt, completion) of `record` under `objective`, None when the objective does not
-    learn from it (counterfactual records outside `scott`)."""
-    if record.tag is Tag.COUNTERFACTUAL:
-        return prompt_completion(record) if objective == "scott" else None
+Row = RationaleRecord | StudentRow
+R = TypeVar("R", bound=Row)
+
+
+@dataclass(frozen=True)
+class _Text:
+    """What every objective reads of a row: the student's input and target text."""
+
+    input: str
+    target: str
+    counterfactual: bool
+    answer: str
+
+
+def _text(row: Row) -> _Text:
+    if isinstance(row, StudentRow):
+        return _Text(row.input, row.target, row.tag == Tag.COUNTERFACTUAL.value, row.answer)
+    return _Text(student_input(row), student_target(row), row.tag is Tag.COUNTERFACTUAL, row.answer)
+
+
+def texts(row: Row, objective: Objective) -> tuple[str, str] | None:
+    """(prompt, completion) of `row` under `objective`, None when the objective does not learn
+    from it (counterfactual rows outside `scott`). The TRL export's prompt/completion
+    (`adapters.prompt_completion`): a counterfactual row's completion is its answer alone."""
+    t = _text(row)
+    prompt = f"{t.input}\n"
+    if t.counterfactual:
+        if objective != "scott":
+            return None
+        answer = f" {t.answer}"
+        if not t.target.endswith(f"{ANSWER_PREFIX}{answer}"):
+            raise ValueError(f"the target of {row.item_id} does not end with its answer")
+        return prompt + t.target[: -len(answer)], answer
     if objective == "answer":
-        return f"{student_input(record)}\n", f"[factual] {ANSWER_PREFIX} {record.answer}"
-    return prompt_completion(record)
+        return prompt, f"[factual] {ANSWER_PREFIX} {t.answer}"
+    return prompt, t.target
 
 
-def encoder_text(record: RationaleRecord) -> str:
-    """What a seq2seq student's encoder reads: the start of every prompt of `record`."""
-    return f"{student_input(record)}\n"
+def encoder_text(row: Row) -> str:
+    """What a seq2seq student's encoder reads: the start of every prompt of `row`."""
+    return f"{_text(row).input}\n"
 
 
 def encode(
     tokenizer: Tokenizer,
-    record: RationaleRecord,
+    record: Row,
     objective: Objective,
     *,
     decoder_start: int | None = None,
 ) -> Example | None:
-    """The example of `record`: one sequence for a causal student, encoder input and decoder
-    target for a seq2seq one (`decoder_start`, its decoder's first token)."""
+    """The example of `record` (a record or an export row): one sequence for a causal student,
+    encoder input and decoder target for a seq2seq one (`decoder_start`, its decoder's first
+    token)."""
     pair = texts(record, objective)
     if pair is None:
         return None
     if tokenizer.eos_token_id is None:
         raise ValueError("the student's tokenizer has no end-of-text token")
     completion = [*tokenizer.encode(pair[1], add_special_tokens=False), tokenizer.eos_token_id]
-    kind: Kind = "counterfactual" if record.tag is Tag.COUNTERFACTUAL else "factual"
+    kind: Kind = "counterfactual" if _text(record).counterfactual else "factual"
     if decoder_start is None:
         prompt = tokenizer.encode(pair[0], add_special_tokens=False)
         return Example(
@@ -126,7 +158,7 @@ def encode(
 
 
 def build_examples(
-    records: Sequence[RationaleRecord],
+    records: Sequence[Row],
     tokenizer: Tokenizer,
     objective: Objective,
     *,
@@ -139,7 +171,7 @@ def build_examples(
     out: list[Example] = []
     too_long = skipped = 0
     for rec in records:
-        if rec.error is not None:
+        if isinstance(rec, RationaleRecord) and rec.error is not None:
             continue
         ex = encode(tokenizer, rec, objective, decoder_start=decoder_start)
         if ex is None:
@@ -151,13 +183,12 @@ def build_examples(
     return Examples(out, too_long=too_long, not_for_objective=skipped)
 
 
-def split_records(
-    records: Sequence[RationaleRecord], *, dev_fraction: float, seed: int
-) -> dict[Split, list[RationaleRecord]]:
-    """Records by split, by item (the export's split: same seed, same items)."""
-    out: dict[Split, list[RationaleRecord]] = {"train": [], "dev": []}
+def split_records(records: Sequence[R], *, dev_fraction: float, seed: int) -> dict[Split, list[R]]:
+    """Records (or export rows) by split, by item: the export's split, with the same seed the
+    same items. Records with an error are left out."""
+    out: dict[Split, list[R]] = {"train": [], "dev": []}
     for rec in records:
-        if rec.error is None:
+        if isinstance(rec, StudentRow) or rec.error is None:
             out[split_of(rec.item_id, dev_fraction, seed)].append(rec)
     return out
 
@@ -169,6 +200,7 @@ __all__ = [
     "Examples",
     "Kind",
     "Objective",
+    "Row",
     "build_examples",
     "encode",
     "encoder_text",

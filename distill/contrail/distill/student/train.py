@@ -13,12 +13,13 @@ resume, early stopping, progress bar) and peft for LoRA. One deviation, and why:
 
 The run folder: `model/` (the best checkpoint by dev loss, with its tokenizer; a LoRA run saves
 the merged model), `checkpoints/`, `config.json` (the settings), `report.json` (provenance:
-dataset, teacher and decoding read from the records, seconds, tokens/s, losses) and `loss.png`.
+the data, the job it came from, every teacher and decoding setting that made it, seconds,
+tokens/s, losses) and `loss.png`. What it learns from: a dataset file or a student export folder
+(`sources.py`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import Counter
@@ -29,8 +30,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from contrail.client.jobs import DEFAULT_MODEL
-from contrail.client.types import RationaleRecord
-from contrail.distill.export import load_records
+from contrail.client.types import Job
+from contrail.distill.export import DecodingUsed
 from contrail.distill.student.examples import (
     IGNORE,
     Example,
@@ -39,6 +40,7 @@ from contrail.distill.student.examples import (
     split_records,
 )
 from contrail.distill.student.loading import decoder_start, load_model
+from contrail.distill.student.sources import SourceKind, load_training_data
 
 Dtype = Literal["float32", "bfloat16", "float16"]
 
@@ -68,14 +70,17 @@ class TrainConfig(BaseModel):
 class TrainReport(BaseModel):
     config: TrainConfig
     student: str
-    dataset: str
+    source: SourceKind | Literal["job"]
+    dataset: str = Field(description="the file or export folder (a job's: a temporary download)")
     dataset_sha256: str
-    records: int
+    job: Job | None = Field(default=None, description="the job the data came from, as fetched")
+    records: int = Field(description="rows read (records, or export rows), errors left out")
     items: dict[str, int]  # split -> items
     examples: dict[str, dict[str, int]]  # split -> kind -> rows
     left_out: dict[str, int]
     teachers: list[str]
-    decodings: list[str]
+    decodings: list[str]  # mode-perturbation, e.g. contrastive-wrong
+    decoding_settings: list[DecodingUsed]  # each teacher and setting in full, with its rows
     train_seconds: float
     train_tokens: int
     tokens_per_second: float
@@ -85,21 +90,14 @@ class TrainReport(BaseModel):
     resumed_from: str | None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _decodings(records: Sequence[RationaleRecord]) -> list[str]:
-    out = Counter(
-        r.decoding.mode.value
-        + (f"-{r.decoding.perturbation.value}" if r.decoding.perturbation else "")
-        for r in records
+def _decodings(used: Sequence[DecodingUsed]) -> list[str]:
+    return sorted(
+        {
+            u.decoding.mode.value
+            + (f"-{u.decoding.perturbation.value}" if u.decoding.perturbation else "")
+            for u in used
+        }
     )
-    return sorted(out)
 
 
 class _Rows:
@@ -240,13 +238,20 @@ def loss_chart(history: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def train(
-    dataset: Path, out_dir: Path, config: TrainConfig, *, resume: bool = False
+    dataset: Path,
+    out_dir: Path,
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    job: Job | None = None,
 ) -> TrainReport:
-    """Train a student on `dataset` (a contrail dataset file) into the run folder `out_dir`."""
+    """Train a student on `dataset` (a contrail dataset file or a student export folder) into
+    the run folder `out_dir`. `job`: the job `dataset` was downloaded from, for the report."""
     from transformers import EarlyStoppingCallback, TrainingArguments, set_seed
 
     set_seed(config.seed)
-    records = [r for r in load_records(dataset) if r.error is None]
+    data = load_training_data(dataset)
+    records = data.rows
     parts = split_records(records, dev_fraction=config.dev_fraction, seed=config.seed)
     model, tokenizer, student, start = _load_student(config)
     built = {
@@ -314,8 +319,10 @@ def train(
     report = TrainReport(
         config=config,
         student=student,
+        source="job" if job is not None else data.kind,
         dataset=str(dataset),
-        dataset_sha256=_sha256(dataset),
+        dataset_sha256=data.sha256,
+        job=job,
         records=len(records),
         items={s: len({r.item_id for r in parts[s]}) for s in ("train", "dev")},
         examples={
@@ -326,8 +333,9 @@ def train(
             "too_long": sum(b.too_long for b in built.values()),
             "not_for_objective": sum(b.not_for_objective for b in built.values()),
         },
-        teachers=sorted({r.model for r in records}),
-        decodings=_decodings(records),
+        teachers=sorted({u.model for u in data.decodings}),
+        decodings=_decodings(data.decodings),
+        decoding_settings=data.decodings,
         train_seconds=round(seconds, 2),
         train_tokens=tokens,
         tokens_per_second=round(tokens / seconds, 1) if seconds > 0 else math.nan,

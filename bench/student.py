@@ -138,7 +138,7 @@ def student_run(
 def _las(simulator: TrainedSimulator | None, seed: int) -> Any:
     if simulator is None:
         return None
-    return lambda recs: evaluate_las(recs, simulator, seed=seed)[0]
+    return lambda recs: evaluate_las(recs, simulator, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -246,3 +246,37 @@ def test_stored_states_are_keyed_by_the_code_that_computed_them(
     changed = HiddenStateEncoder(str(tiny_model_path), layer=2, store=store)
     assert np.array_equal(changed.encode(texts), want)  # the same model computes the same states
     assert changed.stored_seconds == 0.0  # but computed them: nothing read under another key
+
+
+def test_only_a_committed_head_reading_its_own_task_is_called_validated(
+    tiny_encoder: HiddenStateEncoder,
+) -> None:
+    # eval-student states the simulator's validation beside each LAS: what VALIDATION.md
+    # validated is the committed CREAK head, not a head cross-fitted on CREAK records, another
+    # task's head, a zero-shot simulator or records of several tasks.
+    import time
+
+    from contrail.distill.las import SimulatorInfo
+    from contrail.distill.student.evaluate import (
+        NOT_VALIDATED,
+        SIMULATOR_VALIDATION,
+        simulator_validation,
+    )
+
+    sim = TrainedSimulator(encoder=tiny_encoder)
+    creak_head, sqa_head = builtin_head(TaskName.CREAK), builtin_head(TaskName.STRATEGYQA)
+    assert creak_head is not None and sqa_head is not None
+    committed = sim._head_info(creak_head, time.perf_counter())
+    crossfit = sim._make_info(training="cross-fitted", records=40, items=20, start=0.0)
+    zero_shot = SimulatorInfo(
+        name="z", kind="zero-shot", model="m", training="none (zero-shot)", feature_seconds=0.0
+    )
+    assert simulator_validation(committed, {"creak"}) == SIMULATOR_VALIDATION["creak"]
+    assert SIMULATOR_VALIDATION["creak"].startswith("validated")
+    sqa = simulator_validation(sim._head_info(sqa_head, 0.0), {"strategyqa"})
+    assert sqa == SIMULATOR_VALIDATION["strategyqa"] and sqa.startswith("not validated")
+    assert simulator_validation(committed, {"creak", "csqa"}) == NOT_VALIDATED
+    assert simulator_validation(committed, {"strategyqa"}) == NOT_VALIDATED  # another task's head
+    assert simulator_validation(crossfit, {"creak"}) == NOT_VALIDATED
+    assert simulator_validation(zero_shot, {"creak"}) == NOT_VALIDATED
+    assert simulator_validation(None, {"creak"}) == NOT_VALIDATED

@@ -7,7 +7,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from contrail.client.types import RationaleRecord, Tag, TaskName
+from contrail.distill.las import LasResult, SimulatedRecord
 from contrail.distill.student.evaluate import compare, evaluate, forced_prefix, parse_generation
 from tests.test_evaluation import make_record
 
@@ -137,3 +140,38 @@ def test_the_model_backed_student_runs_every_metric(tiny_model_path: Path) -> No
     assert noisy != "Thing 1 means yes because of many facts."
     json.loads(result.model_dump_json())  # the results file's content
     assert {TaskName.STRATEGYQA} == {r.task for r in data}
+
+
+def test_las_of_the_students_own_rationales_with_a_real_simulator(tiny_model_path: Path) -> None:
+    # A simulator cross-fitted on the tiny model's hidden states reads each student's own
+    # rationales for its own answers: one that states its answer gets a clearly higher LAS than
+    # one whose rationale says nothing, and neither is called validated (a cross-fitted head).
+    from contrail.distill.las import evaluate_las
+    from contrail.distill.simulators import HiddenStateEncoder, TrainedSimulator
+    from contrail.distill.student.evaluate import NOT_VALIDATED
+
+    encoder = HiddenStateEncoder(str(tiny_model_path), layer=2, max_batch_tokens=2048)
+    simulator = TrainedSimulator(encoder=encoder, folds=4, seed=0, c=1.0)
+    seen: list[int] = []
+
+    def las(records: list[RationaleRecord]) -> tuple[LasResult, list[SimulatedRecord]]:
+        seen.append(len(records))
+        return evaluate_las(records, simulator, reps=200, seed=0)
+
+    follows = evaluate(Follows(), _data(), name="follows", reps=200, las=las)
+    ignores = evaluate(Ignores(), _data(), name="ignores", reps=200, las=las)
+    assert seen == [N, N]  # every item's own rationale, once per student
+    assert follows.las is not None and ignores.las is not None
+    info = follows.las.simulator_info
+    assert info is not None and info.kind == "trained" and "cross-fitted" in info.training
+    assert follows.las.las.value > ignores.las.las.value + 0.2, (follows.las, ignores.las)
+    assert follows.simulator_validation == ignores.simulator_validation == NOT_VALIDATED
+    # The paired LAS difference resamples the same items on both sides.
+    diff = compare(follows, ignores, reps=300)
+    assert diff.las_items == N
+    las_diff = diff.differences["las"]
+    assert las_diff.value == pytest.approx(follows.las.las.value - ignores.las.las.value, abs=1e-3)
+    assert 0.0 < las_diff.low <= las_diff.value <= las_diff.high
+    # Without a simulator there is no LAS and nothing to say of one.
+    plain = evaluate(Follows(), _data(), name="plain", reps=50)
+    assert plain.las is None and plain.simulator_validation is None

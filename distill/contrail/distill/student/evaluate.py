@@ -20,7 +20,9 @@ and the end-of-text token after "So the answer is"), never generated: a free-for
 would add parse failures to what should measure dependence on the rationale. Items without
 options count for accuracy only.
 
-`compare` gives paired bootstrap CIs between two students on the items both were evaluated on.
+`compare` gives paired bootstrap CIs between two students on the items both were evaluated on,
+LAS included (on the items where both gave one of the options: `las.paired_difference` over the
+simulator's predictions for each).
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord, Tag
 from contrail.distill.adapters import ANSWER_PREFIX
-from contrail.distill.las import Estimate, LasResult, record_options
+from contrail.distill.las import (
+    Estimate,
+    LasResult,
+    SimulatedRecord,
+    SimulatorInfo,
+    paired_difference,
+    record_options,
+)
 from contrail.distill.student.perturb import DEFAULT_FRACTION
 
 METRICS: Final = ("accuracy", "own", "oracle", "perturbed", "drop", "following")
@@ -49,6 +58,18 @@ SIMULATOR_VALIDATION: Final = {
     "rationales (docs/quality/VALIDATION.md)",
 }
 NOT_VALIDATED: Final = "not validated: no validation of this simulator on this task"
+
+
+def simulator_validation(info: SimulatorInfo | None, tasks: set[str]) -> str:
+    """What is known of the simulator that gave a LAS on records of `tasks`: the validation of
+    the task's committed head when that head is what read them, else that nothing is known (a
+    cross-fitted head, another reader, a zero-shot simulator or records of several tasks were
+    never validated here)."""
+    if info is None or len(tasks) != 1:
+        return NOT_VALIDATED
+    task = next(iter(tasks))
+    committed = info.kind == "trained" and (info.head or "").startswith(f"committed {task} head")
+    return SIMULATOR_VALIDATION.get(task, NOT_VALIDATED) if committed else NOT_VALIDATED
 
 
 class Student(Protocol):
@@ -95,6 +116,8 @@ class StudentEval(BaseModel):
     las: LasResult | None = None
     simulator_validation: str | None = None
     results: list[ItemResult]
+    # the simulator's predictions for each own rationale: what a paired LAS comparison resamples
+    las_records: list[SimulatedRecord] | None = None
 
 
 def eval_items(records: Sequence[RationaleRecord]) -> list[EvalItem]:
@@ -172,7 +195,7 @@ def evaluate(
     seed: int = 0,
     reps: int = 1000,
     perturb_fraction: float = DEFAULT_FRACTION,
-    las: Callable[[list[RationaleRecord]], LasResult] | None = None,
+    las: Callable[[list[RationaleRecord]], tuple[LasResult, list[SimulatedRecord]]] | None = None,
 ) -> StudentEval:
     """Every metric of `student` on the items of `records` (see the module docstring)."""
     from contrail.distill.export import student_input
@@ -191,7 +214,7 @@ def evaluate(
     ]
     _forced(student, items, prompts, results, seed, perturb_fraction)
     own_records = _own_records(items, results)
-    las_result = las(own_records) if las is not None and own_records else None
+    las_result, las_records = las(own_records) if las is not None and own_records else (None, None)
     tasks = {it.factual.task.value for it in items}
     return StudentEval(
         student=name,
@@ -201,11 +224,12 @@ def evaluate(
         metrics={k: _bootstrap(v, reps, seed) for k, v in metric_vectors(results).items()},
         las=las_result,
         simulator_validation=(
-            SIMULATOR_VALIDATION.get(next(iter(tasks)), NOT_VALIDATED)
-            if las_result is not None and len(tasks) == 1
-            else (NOT_VALIDATED if las_result is not None else None)
+            simulator_validation(las_result.simulator_info, tasks)
+            if las_result is not None
+            else None
         ),
         results=results,
+        las_records=las_records,
     )
 
 
@@ -267,7 +291,8 @@ class Comparison(BaseModel):
     a: str
     b: str
     items: int
-    differences: dict[str, Estimate]  # a - b
+    differences: dict[str, Estimate]  # a - b; "las" when both have LAS
+    las_items: int | None = None  # the items of the LAS difference (both gave an option)
 
 
 def compare(a: StudentEval, b: StudentEval, *, reps: int = 1000, seed: int = 0) -> Comparison:
@@ -293,11 +318,19 @@ def compare(a: StudentEval, b: StudentEval, *, reps: int = 1000, seed: int = 0) 
             low=round(float(low), 4),
             high=round(float(high), 4),
         )
-    return Comparison(a=a.student, b=b.student, items=len(pairs), differences=out)
+    las_items = None
+    if a.las_records is not None and b.las_records is not None:
+        shared = {(r.item_id, r.tag) for r in b.las_records}
+        las_items = sum((r.item_id, r.tag) in shared for r in a.las_records)
+        out["las"] = paired_difference(a.las_records, b.las_records, reps=reps, seed=seed)["las"]
+    return Comparison(
+        a=a.student, b=b.student, items=len(pairs), differences=out, las_items=las_items
+    )
 
 
 __all__ = [
     "METRICS",
+    "NOT_VALIDATED",
     "SIMULATOR_VALIDATION",
     "Comparison",
     "EvalItem",
@@ -310,4 +343,5 @@ __all__ = [
     "forced_continuation",
     "forced_prefix",
     "parse_generation",
+    "simulator_validation",
 ]

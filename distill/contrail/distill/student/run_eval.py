@@ -1,29 +1,109 @@
-"""The `contrail eval-student` command's work: load the held-out items, evaluate each student,
-compare every student with the first, print a table and write the JSON."""
+"""`contrail eval-student`'s work, and its Python API: load the held-out items, evaluate each
+student, compare every other student with the first, print a table and write the JSON.
+
+    from contrail.distill.simulators import TrainedSimulator
+    from contrail.distill.student.run_eval import eval_students
+
+    students = [("scott", Path("runs/scott/model")), ("base", Path("runs/base/model"))]
+    result = eval_students(
+        Path("data.jsonl"), students, simulator=TrainedSimulator("smollm2-135m")  # None: no LAS
+    )
+    result.comparisons[0].differences["following"]  # base - scott, paired bootstrap CI
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
 
 from contrail.client.types import RationaleRecord
 from contrail.distill.export import load_records
-from contrail.distill.las import Estimate, LasResult, evaluate_las
-from contrail.distill.student.evaluate import METRICS, StudentEval, compare, evaluate
+from contrail.distill.las import (
+    Estimate,
+    LasResult,
+    RecordSimulator,
+    SimulatedRecord,
+    Simulator,
+    evaluate_las,
+)
+from contrail.distill.student.evaluate import (
+    METRICS,
+    Comparison,
+    StudentEval,
+    compare,
+    evaluate,
+)
 from contrail.distill.student.examples import split_records
 from contrail.distill.student.hf import HFStudent
 
+EvalSplit = Literal["dev", "all"]
 
-def held_out(args: argparse.Namespace) -> list[RationaleRecord]:
-    records = load_records(Path(args.dataset))
-    if args.split == "all":
+
+class StudentsEvaluation(BaseModel):
+    """What `eval_students` returns and `--json` writes."""
+
+    dataset: str
+    split: EvalSplit
+    evaluations: list[StudentEval]
+    comparisons: list[Comparison]  # every other student - the first, on the items they share
+
+
+def held_out(
+    dataset: Path, *, split: EvalSplit = "dev", dev_fraction: float = 0.1, seed: int = 0
+) -> list[RationaleRecord]:
+    """The records of the items `contrail train` held out with the same `dev_fraction` and
+    `seed` (split "dev"), or every record without an error ("all")."""
+    records = load_records(dataset)
+    if split == "all":
         return [r for r in records if r.error is None]
-    dev = split_records(records, dev_fraction=args.dev_fraction, seed=args.seed)["dev"]
+    dev = split_records(records, dev_fraction=dev_fraction, seed=seed)["dev"]
     if not dev:
-        raise ValueError(f"no held-out items at --dev-fraction {args.dev_fraction}")
+        raise ValueError(f"no held-out items at --dev-fraction {dev_fraction}")
     return dev
+
+
+def eval_students(
+    dataset: Path,
+    students: Sequence[tuple[str, Path]],
+    *,
+    split: EvalSplit = "dev",
+    dev_fraction: float = 0.1,
+    seed: int = 0,
+    max_new_tokens: int = 96,
+    device: str = "cpu",
+    simulator: Simulator | RecordSimulator | None = None,
+    bootstrap: int = 1000,
+) -> StudentsEvaluation:
+    """Every metric of each (name, model folder) on the held-out items of `dataset`, LAS with
+    `simulator` (None: none), and paired bootstrap CIs of every other student against the first.
+    """
+    if not students:
+        raise ValueError("no student to evaluate")
+    records = held_out(dataset, split=split, dev_fraction=dev_fraction, seed=seed)
+
+    def las(recs: list[RationaleRecord]) -> tuple[LasResult, list[SimulatedRecord]]:
+        assert simulator is not None
+        return evaluate_las(recs, simulator, reps=bootstrap, seed=seed)
+
+    evals = [
+        evaluate(
+            HFStudent(folder, device=device, max_new_tokens=max_new_tokens),
+            records,
+            name=name,
+            seed=seed,
+            reps=bootstrap,
+            las=las if simulator is not None else None,
+        )
+        for name, folder in students
+    ]
+    comparisons = [compare(ev, evals[0], reps=bootstrap, seed=seed) for ev in evals[1:]]
+    return StudentsEvaluation(
+        dataset=str(dataset), split=split, evaluations=evals, comparisons=comparisons
+    )
 
 
 def _cell(e: Estimate) -> str:
@@ -41,41 +121,28 @@ def table(evals: Sequence[StudentEval]) -> str:
 
 
 def run(args: argparse.Namespace, students: Sequence[tuple[str, Path]]) -> int:
+    """The command: `eval_students` with the command's options, printed and written."""
     from contrail.distill.report import build_simulator
 
-    records = held_out(args)
-    simulator = build_simulator(args)
-
-    def las(recs: list[RationaleRecord]) -> LasResult:
-        assert simulator is not None
-        return evaluate_las(recs, simulator, reps=args.bootstrap, seed=args.seed)[0]
-
-    evals = [
-        evaluate(
-            HFStudent(folder, device=args.device, max_new_tokens=args.max_new_tokens),
-            records,
-            name=name,
-            seed=args.seed,
-            reps=args.bootstrap,
-            las=las if simulator is not None else None,
-        )
-        for name, folder in students
-    ]
-    comparisons = [compare(ev, evals[0], reps=args.bootstrap, seed=args.seed) for ev in evals[1:]]
-    print(table(evals), end="")
-    for c in comparisons:
+    result = eval_students(
+        Path(args.dataset),
+        students,
+        split=args.split,
+        dev_fraction=args.dev_fraction,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        simulator=build_simulator(args),
+        bootstrap=args.bootstrap,
+    )
+    print(table(result.evaluations), end="")
+    for c in result.comparisons:
         diffs = ", ".join(f"{m} {_cell(c.differences[m])}" for m in METRICS)
         print(f"{c.a} - {c.b} on {c.items} items: {diffs}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "dataset": str(args.dataset),
-            "split": args.split,
-            "evaluations": [e.model_dump(mode="json") for e in evals],
-            "comparisons": [c.model_dump(mode="json") for c in comparisons],
-        }
-        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
     return 0
 
 
-__all__ = ["held_out", "run", "table"]
+__all__ = ["EvalSplit", "StudentsEvaluation", "eval_students", "held_out", "run", "table"]

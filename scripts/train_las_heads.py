@@ -1,4 +1,4 @@
-"""Train the LAS simulator heads committed for the built-in tasks (worker/contrail/worker/data/
+"""Train the LAS simulator heads committed for the built-in tasks (distill/contrail/distill/data/
 las_heads/<task>.npz; sources, licenses and the exact command: SOURCES.md beside them).
 
 For each task: the TRAIN split of the project's shared data, one record per item whose rationale
@@ -12,8 +12,11 @@ validation measures; ties go to the stronger regularisation). Dev splits are nev
     nice -n 10 .venv/bin/python scripts/train_las_heads.py                  # both tasks
     nice -n 10 .venv/bin/python scripts/train_las_heads.py --tasks creak --creak-limit 4000 \\
         --feature-store runs/features.sqlite      # reuse hidden states across runs
+    nice -n 10 .venv/bin/python scripts/train_las_heads.py --out runs/heads   # a rerun: is it
+        # what is committed? (the summary says, per task, under "matches_committed")
 
-The head arrays are deterministic for a given reader and data; the recorded seconds are not.
+The head arrays are deterministic for a given reader and data; the recorded seconds are not. The
+summary (docs/quality/las-heads.json) records the commit it was made at (bench/provenance.py).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.las_validation import TRAIN, human_records  # noqa: E402
+from bench.provenance import git_sha  # noqa: E402
 from contrail.client.types import TaskName  # noqa: E402
 from contrail.distill.heads import (  # noqa: E402
     HEAD_FORMAT,
     HEADS_DIR,
     LinearHead,
     SimulatorHead,
+    builtin_head,
     probe_prompts,
     prompt_sha256,
 )
@@ -118,7 +123,19 @@ def train_task(key: str, args: argparse.Namespace, encoder: HiddenStateEncoder) 
     path = args.out / f"{task.value}.npz"
     path.write_bytes(out.to_bytes())
     print(f"{key}: C={best['c']} cv={cv} -> {path}", file=sys.stderr)
-    return meta
+    return {**meta, "matches_committed": matches_committed(out)}
+
+
+def matches_committed(made: SimulatorHead) -> bool | None:
+    """Whether `made` has the arrays of the head the package ships for its task (its recorded
+    seconds aside); None when the package has none."""
+    committed = builtin_head(made.task)
+    if committed is None:
+        return None
+    a, b = made.head, committed.head
+    pairs = [(a.means, b.means), (a.stds, b.stds), (a.coef, b.coef), (a.intercept, b.intercept)]
+    same_shape = all(x.shape == y.shape for x, y in pairs) and np.array_equal(a.classes, b.classes)
+    return same_shape and all(np.allclose(x, y, rtol=1e-6, atol=1e-9) for x, y in pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: library default)")
     p.add_argument("--feature-store", type=Path, default=None, help="SQLite cache of states")
-    p.add_argument("--out", type=Path, default=ROOT / "worker" / "contrail" / "worker" / HEADS_DIR)
+    package = ROOT / "distill" / "contrail" / "distill"
+    p.add_argument("--out", type=Path, default=package / HEADS_DIR, help="(the package's heads)")
     p.add_argument("--summary", type=Path, default=ROOT / "docs" / "quality" / "las-heads.json")
     args = p.parse_args(argv)
     if args.threads > 0:
@@ -139,10 +157,19 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    provenance = git_sha()
+    start = time.perf_counter()
     encoder = HiddenStateEncoder(args.simulator, layer=args.layer, store=args.feature_store)
     summary = {key: train_task(key, args, encoder) for key in args.tasks.split(",")}
     command = "python scripts/train_las_heads.py " + " ".join(argv or sys.argv[1:])
-    args.summary.write_text(json.dumps({"command": command, "heads": summary}, indent=2) + "\n")
+    payload = {
+        "command": command,
+        "provenance": {**provenance, "command": command},
+        "total_seconds": round(time.perf_counter() - start, 1),
+        "out": str(args.out),
+        "heads": summary,
+    }
+    args.summary.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 

@@ -44,7 +44,6 @@ PREDATES_PROVENANCE: frozenset[str] = frozenset(
         "quality.json",
         "quality-uncalibrated.json",
         "las-heads.json",
-        "validation.json",
         "validation-train-split.json",
     }
 )

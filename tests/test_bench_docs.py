@@ -43,7 +43,6 @@ PREDATES_PROVENANCE: frozenset[str] = frozenset(
     {
         "quality.json",
         "quality-uncalibrated.json",
-        "las-heads.json",
         "validation-train-split.json",
     }
 )

@@ -43,7 +43,6 @@ PREDATES_PROVENANCE: frozenset[str] = frozenset(
     {
         "quality.json",
         "quality-uncalibrated.json",
-        "validation-train-split.json",
     }
 )
 # Results made when bench/provenance.py recorded only whether the *engine* code (client, core,

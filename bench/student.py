@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(
                 {"seed": seed, "student": name, "objective": objective, "teacher_data": source,
                  "train": report.model_dump(mode="json"), "eval_seconds": eval_seconds,
-                 "eval": result.model_dump(mode="json", exclude={"results"})}
+                 "eval": result.model_dump(mode="json", exclude={"results", "las_records"})}
             )  # fmt: skip
             print(f"seed {seed} {name}: " + ", ".join(
                 f"{k} {v.value:.3f}" for k, v in result.metrics.items()), flush=True)  # fmt: skip

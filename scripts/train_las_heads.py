@@ -120,16 +120,16 @@ def train_task(key: str, args: argparse.Namespace, encoder: HiddenStateEncoder) 
     }
     probe = encoder.encode(probe_prompts(task))
     out = SimulatorHead(task, head, probe, meta)
+    same = matches_committed(out, builtin_head(task))  # read before the default --out replaces it
     path = args.out / f"{task.value}.npz"
     path.write_bytes(out.to_bytes())
     print(f"{key}: C={best['c']} cv={cv} -> {path}", file=sys.stderr)
-    return {**meta, "matches_committed": matches_committed(out)}
+    return {**meta, "matches_committed": same}
 
 
-def matches_committed(made: SimulatorHead) -> bool | None:
-    """Whether `made` has the arrays of the head the package ships for its task (its recorded
-    seconds aside); None when the package has none."""
-    committed = builtin_head(made.task)
+def matches_committed(made: SimulatorHead, committed: SimulatorHead | None) -> bool | None:
+    """Whether `made` has the arrays of `committed`, the head the package shipped for its task
+    (their recorded seconds aside); None when the package had none."""
     if committed is None:
         return None
     a, b = made.head, committed.head

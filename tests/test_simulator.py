@@ -280,3 +280,6 @@ def test_only_a_committed_head_reading_its_own_task_is_called_validated(
     assert simulator_validation(crossfit, {"creak"}) == NOT_VALIDATED
     assert simulator_validation(zero_shot, {"creak"}) == NOT_VALIDATED
     assert simulator_validation(None, {"creak"}) == NOT_VALIDATED
+    # A CREAK head trained again into the package is not the head that was validated.
+    retrained = dataclasses.replace(creak_head, sha256="0" * 64)
+    assert simulator_validation(sim._head_info(retrained, 0.0), {"creak"}) == NOT_VALIDATED

@@ -121,6 +121,17 @@ def test_an_export_row_teaches_what_its_record_teaches(tokenizer: object, object
             objective,
             decoder_start=start,  # type: ignore[arg-type]
         )
+    # Both are the TRL export's prompt/completion, which the adapters write.
+    from contrail.distill.adapters import prompt_completion
+    from contrail.distill.student.examples import texts
+
+    if objective == "scott":
+        for record, row in zip(records, rows, strict=True):
+            assert texts(record, "scott") == texts(row, "scott") == prompt_completion(record)
+    # A counterfactual row whose target does not end with its answer is refused, not learned.
+    bad = next(r for r in rows if r.tag == "counterfactual").model_copy(update={"answer": "x"})
+    with pytest.raises(ValueError, match="does not end with its answer"):
+        texts(bad, "scott")
     by_rows = split_records(rows, dev_fraction=0.3, seed=1)
     by_records = split_records(records, dev_fraction=0.3, seed=1)
     for split in ("train", "dev"):

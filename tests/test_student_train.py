@@ -164,5 +164,11 @@ def test_training_on_the_student_export_learns_what_the_dataset_teaches(
     (used,) = from_dataset.decoding_settings
     assert used.records == from_dataset.records and used.decoding.max_new_tokens > 0
     assert from_export.teachers == from_dataset.teachers == [used.model]
+    # The rows come in the dataset's order, so the same seed trains the same model.
+    assert from_export.best_dev_loss == from_dataset.best_dev_loss
+    assert from_export.final_train_loss == from_dataset.final_train_loss
     with pytest.raises(ValueError, match="not a student export"):
         train(tmp_path / "b", tmp_path / "c", config)  # a run folder, not an export
+    (tmp_path / "export" / "train.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"lists train\.jsonl, which is missing"):
+        train(tmp_path / "export", tmp_path / "d", config)

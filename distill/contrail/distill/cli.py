@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             report = student.train(source, Path(args.out_dir), config, resume=args.resume, job=job)
         except ValueError as exc:  # too few records for the objective, not an export
             raise UsageError(str(exc)) from None
-    print(report.model_dump_json(indent=2))
+    print(report.model_dump_json(indent=2, by_alias=True))
     return 0
 
 
@@ -168,7 +168,8 @@ def register(registry: CommandRegistry) -> None:
     p = registry.add(
         "train",
         parents=[conn],
-        help="fine-tune a student on a dataset or job: scott, factual or answer objective",
+        help="fine-tune a student on a dataset, a student export or a job: scott, factual or "
+        "answer objective",
     )
     _add_train_arguments(p)
     p.set_defaults(func=cmd_train)

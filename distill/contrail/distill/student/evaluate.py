@@ -58,18 +58,26 @@ SIMULATOR_VALIDATION: Final = {
     "rationales (docs/quality/VALIDATION.md)",
 }
 NOT_VALIDATED: Final = "not validated: no validation of this simulator on this task"
+# The committed head each "validated" statement was measured with (the sha256 prefix that LAS
+# results name it by): a head re-trained into the package is not the one validated.
+VALIDATED_HEADS: Final = {"creak": "835e64a33e97cb79"}
 
 
 def simulator_validation(info: SimulatorInfo | None, tasks: set[str]) -> str:
     """What is known of the simulator that gave a LAS on records of `tasks`: the validation of
-    the task's committed head when that head is what read them, else that nothing is known (a
-    cross-fitted head, another reader, a zero-shot simulator or records of several tasks were
-    never validated here)."""
+    the task's committed head when that head, the very file validated, is what read them; else
+    that nothing is known (a cross-fitted head, another reader, a zero-shot simulator, records of
+    several tasks, or a head re-trained since were never validated here)."""
     if info is None or len(tasks) != 1:
         return NOT_VALIDATED
     task = next(iter(tasks))
-    committed = info.kind == "trained" and (info.head or "").startswith(f"committed {task} head")
-    return SIMULATOR_VALIDATION.get(task, NOT_VALIDATED) if committed else NOT_VALIDATED
+    head = info.head or ""
+    if info.kind != "trained" or not head.startswith(f"committed {task} head"):
+        return NOT_VALIDATED
+    validated = VALIDATED_HEADS.get(task)
+    if validated is not None and f"sha256 {validated}" not in head:
+        return NOT_VALIDATED
+    return SIMULATOR_VALIDATION.get(task, NOT_VALIDATED)
 
 
 class Student(Protocol):

@@ -138,6 +138,8 @@ def run(args: argparse.Namespace, students: Sequence[tuple[str, Path]]) -> int:
     print(table(result.evaluations), end="")
     for c in result.comparisons:
         diffs = ", ".join(f"{m} {_cell(c.differences[m])}" for m in METRICS)
+        if "las" in c.differences:
+            diffs += f", LAS {_cell(c.differences['las'])} on {c.las_items} items"
         print(f"{c.a} - {c.b} on {c.items} items: {diffs}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -55,11 +55,17 @@ def _export(folder: Path) -> TrainingData:
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{manifest_path}: not a {EXPORT_FORMAT} export manifest")
+    listed = manifest.get("files", {})
     files = [folder / f"{split}.jsonl" for split in ("train", "dev")]
-    files = [f for f in files if f.is_file()]
-    rows: list[Row] = []
     for path in files:
-        rows.extend(_rows(path))
+        if path.name in listed and not path.is_file():
+            raise ValueError(f"{folder}: the export's manifest lists {path.name}, which is missing")
+    files = [f for f in files if f.is_file()]
+    export_rows = [row for path in files for row in _rows(path)]
+    # The dataset's order (each row's source_index), so that training on the export batches
+    # exactly as training on the dataset does: same seed, same model.
+    export_rows.sort(key=lambda r: r.source_index)
+    rows: list[Row] = list(export_rows)
     # An export made before its manifest named the decodings reports none.
     decodings = [DecodingUsed.model_validate(d) for d in manifest.get("decodings", [])]
     return TrainingData(rows, "export", _sha256(files), decodings)

@@ -70,7 +70,7 @@ class TrainConfig(BaseModel):
 class TrainReport(BaseModel):
     config: TrainConfig
     student: str
-    source: SourceKind | Literal["job"]
+    source: SourceKind | Literal["job"] = "dataset"  # reports made before it: a dataset
     dataset: str = Field(description="the file or export folder (a job's: a temporary download)")
     dataset_sha256: str
     job: Job | None = Field(default=None, description="the job the data came from, as fetched")
@@ -80,7 +80,8 @@ class TrainReport(BaseModel):
     left_out: dict[str, int]
     teachers: list[str]
     decodings: list[str]  # mode-perturbation, e.g. contrastive-wrong
-    decoding_settings: list[DecodingUsed]  # each teacher and setting in full, with its rows
+    # each teacher and setting in full, with its rows (empty in reports made before it)
+    decoding_settings: list[DecodingUsed] = Field(default_factory=list)
     train_seconds: float
     train_tokens: int
     tokens_per_second: float
@@ -344,7 +345,7 @@ def train(
         final_train_loss=losses[-1] if losses else None,
         resumed_from=str(checkpoint) if checkpoint else None,
     )
-    (out_dir / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
+    (out_dir / "report.json").write_text(report.model_dump_json(indent=2, by_alias=True) + "\n")
     return report
 
 

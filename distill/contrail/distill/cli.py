@@ -14,6 +14,7 @@ from contrail.client.cli.base import UsageError, lazy
 from contrail.client.cli.options import make_client
 from contrail.client.cli.plugins import CommandRegistry
 from contrail.client.jobs import DEFAULT_MODEL
+from contrail.client.types import Job
 from contrail.distill.options import (
     add_bootstrap_arguments,
     add_eval_arguments,
@@ -75,10 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if Path(args.dataset).is_dir():  # a student export folder
             source = Path(args.dataset)
         else:
-            source = _dataset_or_job(args, stack, "contrail-train-")
-            if source != Path(args.dataset):
-                with make_client(args) as client:
-                    job = client.jobs.retrieve(args.dataset)
+            source, job = _dataset_or_job(args, stack, "contrail-train-", fetch_job=True)
         try:
             report = student.train(source, Path(args.out_dir), config, resume=args.resume, job=job)
         except ValueError as exc:  # too few records for the objective, not an export
@@ -98,24 +96,28 @@ def cmd_eval_student(args: argparse.Namespace) -> int:
         students.append((name if sep else path.parent.name or path.name, path))
     run = lazy("contrail.distill.student.run_eval", "eval")
     with contextlib.ExitStack() as stack:
-        args.dataset = _dataset_or_job(args, stack, "contrail-eval-student-")
+        args.dataset, _ = _dataset_or_job(args, stack, "contrail-eval-student-")
         try:
             return int(run.run(args, students))
         except ValueError as exc:  # bad simulator options, no held-out items
             raise UsageError(str(exc)) from None
 
 
-def _dataset_or_job(args: argparse.Namespace, stack: contextlib.ExitStack, prefix: str) -> Path:
+def _dataset_or_job(
+    args: argparse.Namespace, stack: contextlib.ExitStack, prefix: str, *, fetch_job: bool = False
+) -> tuple[Path, Job | None]:
     """`args.dataset` as a file: itself, or a finished job's records downloaded into a
-    temporary folder that `stack` removes."""
+    temporary folder that `stack` removes, with the job itself when `fetch_job` (None for a
+    file)."""
     source = Path(args.dataset)
     if source.is_file():
-        return source
+        return source, None
     if source.suffix in (".jsonl", ".parquet"):
         raise UsageError(f"no such dataset file: {source}")
     tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix)))
     with make_client(args) as client:  # not a file: a job id
-        return client.jobs.download(args.dataset, tmp / f"{args.dataset}.jsonl")
+        job = client.jobs.retrieve(args.dataset) if fetch_job else None
+        return client.jobs.download(args.dataset, tmp / f"{args.dataset}.jsonl"), job
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:

@@ -91,10 +91,14 @@ class _Text:
     answer: str
 
 
+def _is_counterfactual(row: Row) -> bool:
+    return row.tag == Tag.COUNTERFACTUAL  # a record's Tag or an export row's str
+
+
 def _text(row: Row) -> _Text:
     if isinstance(row, StudentRow):
-        return _Text(row.input, row.target, row.tag == Tag.COUNTERFACTUAL.value, row.answer)
-    return _Text(student_input(row), student_target(row), row.tag is Tag.COUNTERFACTUAL, row.answer)
+        return _Text(row.input, row.target, _is_counterfactual(row), row.answer)
+    return _Text(student_input(row), student_target(row), _is_counterfactual(row), row.answer)
 
 
 def texts(row: Row, objective: Objective) -> tuple[str, str] | None:
@@ -136,7 +140,7 @@ def encode(
     if tokenizer.eos_token_id is None:
         raise ValueError("the student's tokenizer has no end-of-text token")
     completion = [*tokenizer.encode(pair[1], add_special_tokens=False), tokenizer.eos_token_id]
-    kind: Kind = "counterfactual" if _text(record).counterfactual else "factual"
+    kind: Kind = "counterfactual" if _is_counterfactual(record) else "factual"
     if decoder_start is None:
         prompt = tokenizer.encode(pair[0], add_special_tokens=False)
         return Example(

@@ -52,6 +52,7 @@ from contrail.distill.simulators import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# The full research splits: a data folder beside the checkout (the tests carry their own copies).
 DATA = ROOT.parent / "shared" / "data"
 TASKS: dict[str, tuple[TaskName, Path]] = {
     "StrategyQA": (TaskName.STRATEGYQA, DATA / "strategyqa" / "dev.json"),
@@ -200,6 +201,16 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     limits = {"StrategyQA": args.strategyqa_limit, "CREAK": args.creak_limit}
+    missing = [str(path) for _, path in TASKS.values() if not path.is_file()]
+    if missing and not args.skip_generate:
+        raise SystemExit(
+            f"research data missing: {', '.join(missing)} (a data folder beside the checkout)"
+        )
+    sys.path.insert(0, str(ROOT))
+    from bench.provenance import git_sha
+
+    # Taken first: a checkout edited while the run goes on cannot pass for the one measured.
+    provenance = git_sha()
 
     # Evaluation runs in a second process, each dataset as soon as it is written, so the
     # simulator (one core) overlaps with the teacher (the other core).
@@ -331,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     (args.report_dir / "tables.md").write_text(tables)
     payload = {
+        "provenance": provenance,
         "settings": {k: _portable(v) for k, v in vars(args).items()},
         "simulator": simulator_name,
         "total_seconds": total_seconds,

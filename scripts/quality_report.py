@@ -110,6 +110,18 @@ def _portable(value: Any) -> Any:
     return value
 
 
+GENERATION_OPTIONS = (
+    "strategyqa_limit",
+    "creak_limit",
+    "max_new_tokens",
+    "counterfactual_fraction",
+    "engine",
+    "model",
+    "seed",
+    "batch_size",
+)
+
+
 def dataset_path(out_dir: Path, task: str, mode: str) -> Path:
     return out_dir / f"{task.lower()}-{mode}.jsonl"
 
@@ -122,7 +134,12 @@ def generate(
 
     start = time.perf_counter()
     engine = create_engine(args.engine, args.model)
-    runs: dict[str, Any] = {"engine_load_seconds": round(time.perf_counter() - start, 1)}
+    runs: dict[str, Any] = {
+        # Kept with the datasets: a later --skip-generate run reports the settings that made them,
+        # not its own (unused) generation options.
+        "generated_with": {name: vars(args)[name] for name in GENERATION_OPTIONS},
+        "engine_load_seconds": round(time.perf_counter() - start, 1),
+    }
     for task, (task_name, path) in TASKS.items():
         for mode, (decoding, perturbation) in MODES.items():
             settings = DecodingSettings(
@@ -182,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--report-dir", type=Path, default=ROOT / "docs" / "quality")
-    p.add_argument("--skip-generate", action="store_true", help="evaluate existing datasets")
+    p.add_argument(
+        "--skip-generate",
+        action="store_true",
+        help="evaluate existing datasets (quality.json then records the generation options\n"
+        "that made them in generation.generated_with)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "--threads",
@@ -322,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|---:|---:|",
     ]
     for key, run in runs.items():
-        if not isinstance(run, dict):
+        if not isinstance(run, dict) or key == "generated_with":
             continue
         records = load_records(Path(run["dataset_path"]))
         at_length = sum(r.finish_reason.value == "length" for r in records)

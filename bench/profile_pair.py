@@ -19,6 +19,7 @@ processor does per step shows.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def profile(args: argparse.Namespace) -> None:
     from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
     from contrail.worker.models import resolve_model
 
+    provenance = versions()["contrail"]  # taken first, like the other benchmarks
     spec = resolve_model(args.model)
     options = VllmOptions()
     if args.legacy:
@@ -97,6 +99,7 @@ def profile(args: argparse.Namespace) -> None:
     header = (
         f"# pyinstrument, {args.model}, {len(requests)} rationales x 64 tokens max, "
         f"{took:.2f} s, load {os.getloadavg()}\n"
+        f"# provenance: {json.dumps(provenance)}\n"
     )
     out = args.out / f"profile_pair_{args.model}{args.tag}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ the README), and every number after it (up to the next annotation) must appear i
 checked: code (fenced blocks and inline code: commands, option names), link targets, and targets
 written as a comparison ("<= 5%", ">= 10x"). A number quoted with d decimals matches a value that
 rounds to it at d decimals (so "0.72" matches 0.7221); a percentage also matches 100x a fraction;
-thousands separators are ignored. A quoted results file that records its versions must have been
-measured with no uncommitted code change.
+thousands separators are ignored. Every quoted results file records the commit it was measured at
+(bench/provenance.py; a text file in a "provenance: {...}" line), with no uncommitted code change.
 """
 
 from __future__ import annotations
@@ -34,21 +34,6 @@ NUMBER = re.compile(
     r"(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e-?\d+)?)(?P<unit>%|k|M)?(?![\w])"
 )
 COMPARISON = re.compile(r"(?:>=|<=|(?<!-)>|<|≥|≤)\s*\+?$")  # "->" is an arrow, not a target
-# Results made before the benchmark scripts recorded their commit (bench/provenance.py), named
-# here so that nothing else may lack one: the quality report's (docs/quality/quality.json,
-# heads/ and zero-shot-factual/, which share the name), the LAS heads' and the zero-shot and
-# train-split validations. Each takes an hour or more on 2 cores to make again; the pages that
-# quote them say that they predate provenance.
-PREDATES_PROVENANCE: frozenset[str] = frozenset(
-    {
-        "quality.json",
-        "quality-uncalibrated.json",
-    }
-)
-# Results made when bench/provenance.py recorded only whether the *engine* code (client, core,
-# worker) was clean, not the rest (`code_dirty`): named here, so that a missing `code_dirty` is
-# never read as clean for anything else. The quoting docs say so beside the figures.
-PREDATES_CODE_DIRTY: frozenset[str] = frozenset()
 # Report pages outside docs/bench/ whose every figure is traced (their results files lie beside
 # them).
 MEASURED_PAGES = (
@@ -155,11 +140,19 @@ def matches(written: str, unit: str, values: list[float]) -> bool:
     return any(abs(v * k - quoted) <= half_unit for v in values for k in scales)
 
 
+# How a results file that is not JSON (a report's tables, a profile's text) records its run: one
+# line holding bench/provenance.py's git_sha() as JSON.
+PROVENANCE_LINE = re.compile(r"provenance: (\{.*\})")
+
+
 def provenance_problem(path: Path) -> str | None:
     """Why a results file does not show committed code, or None."""
-    if path.suffix != ".json" or path.name in PREDATES_PROVENANCE:
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        line = PROVENANCE_LINE.search(text)
+        data = {"provenance": json.loads(line.group(1))} if line else {}
     bundled = data.get("results")  # engine.json bundles the per-model files in a list
     runs = bundled if isinstance(bundled, list) else [data]
     for run in runs:
@@ -168,7 +161,7 @@ def provenance_problem(path: Path) -> str | None:
         contrail = (run.get("versions") or {}).get("contrail") or run.get("provenance")
         if not contrail or not contrail.get("sha"):
             return f"{path.name} does not record the commit it was measured at"
-        if "code_dirty" not in contrail and path.name not in PREDATES_CODE_DIRTY:
+        if "code_dirty" not in contrail:
             return f"{path.name} does not record whether the code was clean (code_dirty)"
         if contrail.get("engine_code_dirty") or contrail.get("code_dirty"):
             return f"{path.name} was measured with uncommitted changes at {contrail['sha'][:10]}"
@@ -274,6 +267,23 @@ def test_negative_figures_are_checked_with_their_sign(tmp_path: Path) -> None:
     ]
     # a dash glued to a number or a word is no minus sign: "top-1", "T5-3B", the 2 of "0-2"
     assert problems("<!-- results: run.json -->\ntop-1 T5-3B", "doc", tmp_path) == []
+
+
+def test_a_text_result_records_its_provenance_in_a_line(tmp_path: Path) -> None:
+    contrail = {"sha": "0123456789abcdef", "engine_code_dirty": False, "code_dirty": False}
+    table = "| greedy | 0.028 |\n"
+    (tmp_path / "tables.md").write_text(table + f"<!-- provenance: {json.dumps(contrail)} -->\n")
+    doc = "<!-- results: tables.md -->\nLAS 0.028"
+    assert problems(doc, "doc", tmp_path) == []
+    (tmp_path / "tables.md").write_text(table)
+    assert problems(doc, "doc", tmp_path) == [
+        "doc:2: tables.md does not record the commit it was measured at"
+    ]
+    dirty = contrail | {"code_dirty": True}
+    (tmp_path / "tables.md").write_text(table + f"# provenance: {json.dumps(dirty)}\n")
+    assert problems(doc, "doc", tmp_path) == [
+        "doc:2: tables.md was measured with uncommitted changes at 0123456789"
+    ]
 
 
 def test_the_check_fails_on_results_measured_on_uncommitted_code(tmp_path: Path) -> None:

@@ -127,7 +127,10 @@ def dataset_path(out_dir: Path, task: str, mode: str) -> Path:
 
 
 def generate(
-    args: argparse.Namespace, limits: dict[str, int], on_done: Callable[[str, str], None]
+    args: argparse.Namespace,
+    limits: dict[str, int],
+    on_done: Callable[[str, str], None],
+    provenance: dict[str, Any],
 ) -> dict[str, Any]:
     from contrail.worker.engine.factory import create_engine
     from contrail.worker.generation.offline import run_generate
@@ -137,7 +140,12 @@ def generate(
     runs: dict[str, Any] = {
         # Kept with the datasets: a later --skip-generate run reports the settings that made them,
         # not its own (unused) generation options.
-        "generated_with": {name: vars(args)[name] for name in GENERATION_OPTIONS},
+        # (with the commit and threads that made them: the decode timings are this run's)
+        "generated_with": {
+            **{name: vars(args)[name] for name in GENERATION_OPTIONS},
+            "threads": args.threads,
+            "provenance": provenance,
+        },
         "engine_load_seconds": round(time.perf_counter() - start, 1),
     }
     for task, (task_name, path) in TASKS.items():
@@ -263,12 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     runs_file = args.out_dir / "generation.json"
     if args.skip_generate:
         runs = json.loads(runs_file.read_text()) if runs_file.is_file() else {}
+        if "generated_with" not in runs:
+            print(
+                f"warning: {runs_file} does not say how the datasets were made (older script or "
+                "none): quality.json's generation section cannot either",
+                file=sys.stderr,
+            )
         for task in TASKS:
             for mode in MODES:
                 submit(task, mode)
     else:
         args.out_dir.mkdir(parents=True, exist_ok=True)
-        runs = generate(args, limits, submit)
+        runs = generate(args, limits, submit, provenance)
         runs_file.write_text(json.dumps(runs, indent=2) + "\n")
 
     rows: list[ComparisonRow] = []

@@ -141,8 +141,8 @@ def matches(written: str, unit: str, values: list[float]) -> bool:
 
 
 # How a results file that is not JSON (a report's tables, a profile's text) records its run: one
-# line holding bench/provenance.py's git_sha() as JSON.
-PROVENANCE_LINE = re.compile(r"provenance: (\{.*\})")
+# line, a comment of its format ("# " or "<!-- "), holding bench/provenance.py's git_sha() as JSON.
+PROVENANCE_LINE = re.compile(r"^(?:#|<!--)\s*provenance: (\{.*\})", re.M)
 
 
 def provenance_problem(path: Path) -> str | None:
@@ -152,7 +152,10 @@ def provenance_problem(path: Path) -> str | None:
         data = json.loads(text)
     else:
         line = PROVENANCE_LINE.search(text)
-        data = {"provenance": json.loads(line.group(1))} if line else {}
+        try:
+            data = {"provenance": json.loads(line.group(1))} if line else {}
+        except ValueError:
+            return f"{path.name}: its provenance line is not JSON"
     bundled = data.get("results")  # engine.json bundles the per-model files in a list
     runs = bundled if isinstance(bundled, list) else [data]
     for run in runs:
@@ -279,6 +282,12 @@ def test_a_text_result_records_its_provenance_in_a_line(tmp_path: Path) -> None:
     assert problems(doc, "doc", tmp_path) == [
         "doc:2: tables.md does not record the commit it was measured at"
     ]
+    (tmp_path / "tables.md").write_text(table + "| provenance: {} |\n")  # not a comment line
+    assert problems(doc, "doc", tmp_path) == [
+        "doc:2: tables.md does not record the commit it was measured at"
+    ]
+    (tmp_path / "tables.md").write_text(table + "# provenance: {sha: 1}\n")
+    assert problems(doc, "doc", tmp_path) == ["doc:2: tables.md: its provenance line is not JSON"]
     dirty = contrail | {"code_dirty": True}
     (tmp_path / "tables.md").write_text(table + f"# provenance: {json.dumps(dirty)}\n")
     assert problems(doc, "doc", tmp_path) == [

@@ -183,6 +183,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 SIMULATORS = ("head", "cross-fit", "zero-shot", "train-split")
+# How the results name each simulator (zero-shot by its own name).
+LABELS = {
+    "head": "trained (committed head)",
+    "cross-fit": "trained (cross-fit)",
+    "train-split": "trained (train split)",
+}
 # The train-split simulator's regularisation: chosen once by 5-fold cross-validation by item on
 # StrategyQA's training split (held-out log-loss), before the committed heads existed.
 TRAIN_SPLIT_C = 0.001
@@ -258,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         human, shuffled = human_records(task_name, path, limits[task], args.seed)
         train = train_split_records(task, task_name, args.seed) if "train-split" in kinds else None
         for kind in kinds:
-            label = {
-                "head": "trained (committed head)",
-                "cross-fit": "trained (cross-fit)",
-                "train-split": "trained (train split)",
-            }.get(kind, kind)
+            label = LABELS.get(kind, kind)
             sim = make_simulator(kind, args, encoder, train)
             results[f"{task}/{label}"] = validate(
                 label, sim, human, shuffled, args.bootstrap, args.seed

@@ -39,6 +39,7 @@ from benchlib import (
     versions,
     write_json,
 )
+from provenance import git_sha
 
 # pair_processor.py as it was before the performance work (the "before" of the A/B runs).
 BEFORE_REVISION = "15922b1f8478e4c1f46ac9ea2951a8b8f29a9397"
@@ -79,7 +80,7 @@ def profile(args: argparse.Namespace) -> None:
     from contrail.worker.engine.vllm_pair import VllmOptions, VllmPairEngine
     from contrail.worker.models import resolve_model
 
-    provenance = versions()["contrail"]  # taken first, like the other benchmarks
+    provenance = git_sha()  # taken first, like the other benchmarks
     spec = resolve_model(args.model)
     options = VllmOptions()
     if args.legacy:

@@ -138,9 +138,8 @@ def generate(
     start = time.perf_counter()
     engine = create_engine(args.engine, args.model)
     runs: dict[str, Any] = {
-        # Kept with the datasets: a later --skip-generate run reports the settings that made them,
-        # not its own (unused) generation options.
-        # (with the commit and threads that made them: the decode timings are this run's)
+        # Kept with the datasets, so that a later --skip-generate run reports what made them (and
+        # their decode timings): these options, threads and commit, not its own unused ones.
         "generated_with": {
             **{name: vars(args)[name] for name in GENERATION_OPTIONS},
             "threads": args.threads,
